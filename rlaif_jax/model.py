@@ -1,0 +1,269 @@
+"""A Llama-family decoder-only transformer in Flax NNX.
+
+Covers Llama 2/3, SmolLM2 and other checkpoints of the `LlamaForCausalLM` family: RMSNorm, rotary
+embeddings (theta from the checkpoint, optional Llama-3 frequency scaling), grouped-query attention,
+SwiGLU MLP, tied or untied embeddings, and an optional scalar head (value function / reward model).
+
+Every parameter carries logical axis names in its `logical_axes` metadata; `rlaif_jax.sharding` turns
+them into mesh shardings with the config's rules table. Activations are constrained through the same
+rules when a mesh is set (`jax.set_mesh`).
+
+Shapes: B batch, T query length, S key length (T, or the KV cache length), E embed, H query heads,
+K key/value heads, G = H // K, D head dim, M MLP hidden, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rlaif_jax import sharding as shd
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+def to_dtype(name: str | Any) -> Any:
+  """'float32' / 'bfloat16' -> jnp dtype; a clear error for anything else."""
+  if not isinstance(name, str):
+    return name
+  if name not in _DTYPES:
+    raise ValueError(f'Unknown dtype {name!r}; use one of {sorted(_DTYPES)}.')
+  return _DTYPES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of one Llama-family model (what a Hugging Face `config.json` describes)."""
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rope_theta: float = 10000.0
+  rope_scaling: tuple[tuple[str, Any], ...] | None = None  # Llama-3 style, as sorted (key, value) pairs
+  rms_norm_eps: float = 1e-5
+  tie_word_embeddings: bool = False
+  max_position_embeddings: int = 2048
+  param_dtype: str = 'float32'  # storage dtype of the parameters
+  dtype: str = 'float32'  # compute dtype of matmuls and activations (softmax and norms run in float32)
+  scalar_head: bool = False  # adds a [E] -> [] head on the final hidden state
+  logical_axis_rules: tuple[tuple[str, Any], ...] = shd.DEFAULT_RULES
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f'num_heads={self.num_heads} is not a multiple of num_kv_heads='
+                       f'{self.num_kv_heads}; grouped-query attention needs it to be.')
+    to_dtype(self.param_dtype), to_dtype(self.dtype)
+
+  def replace(self, **kw) -> 'ModelConfig':
+    return dataclasses.replace(self, **kw)
+
+
+class KVCache(NamedTuple):
+  """Per-layer key/value cache: k, v [L, B, S, K, D]; `index` is where the next tokens are written."""
+  k: jax.Array
+  v: jax.Array
+  index: jax.Array  # int32 scalar
+
+  @classmethod
+  def zeros(cls, cfg: ModelConfig, batch: int, length: int) -> 'KVCache':
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    dt = to_dtype(cfg.dtype)
+    return cls(jnp.zeros(shape, dt), jnp.zeros(shape, dt), jnp.zeros((), jnp.int32))
+
+
+def _param(rngs: nnx.Rngs, shape, axes, cfg: ModelConfig, scale: float | None = None, ones=False):
+  dt = to_dtype(cfg.param_dtype)
+  if ones:
+    value = jnp.ones(shape, dt)
+  else:
+    fan_in = scale if scale is not None else shape[0]
+    value = (jax.random.normal(rngs.params(), shape, jnp.float32) / math.sqrt(fan_in)).astype(dt)
+  return nnx.Param(value, logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.scale = _param(rngs, (cfg.hidden_size,), ('norm',), cfg, ones=True)
+    self.eps = cfg.rms_norm_eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_frequencies(cfg: ModelConfig) -> jax.Array:
+  """Inverse frequencies [D/2], with Llama-3 `rope_scaling` applied when the checkpoint has it."""
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim))
+  if not cfg.rope_scaling:
+    return inv
+  rs = dict(cfg.rope_scaling)
+  kind = rs.get('rope_type', rs.get('type'))
+  if kind in (None, 'default'):
+    return inv
+  if kind != 'llama3':
+    raise NotImplementedError(f'rope_scaling type {kind!r} is not supported (supported: llama3).')
+  factor, lo, hi = rs['factor'], rs['low_freq_factor'], rs['high_freq_factor']
+  old = rs['original_max_position_embeddings']
+  wavelen = 2 * math.pi / inv
+  smooth = (old / wavelen - lo) / (hi - lo)
+  scaled = jnp.where(wavelen > old / lo, inv / factor, inv)
+  mid = (1 - smooth) * inv / factor + smooth * inv
+  is_mid = (wavelen <= old / lo) & (wavelen >= old / hi)
+  return jnp.where(is_mid, mid, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotary embedding in the Hugging Face (rotate-half) layout. x: [B, T, N, D]; positions: [B, T]."""
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    self.q = _param(rngs, (e, h, d), ('embed', 'heads', 'head_dim'), cfg)
+    self.k = _param(rngs, (e, k, d), ('embed', 'kv_heads', 'head_dim'), cfg)
+    self.v = _param(rngs, (e, k, d), ('embed', 'kv_heads', 'head_dim'), cfg)
+    self.o = _param(rngs, (h, d, e), ('heads', 'head_dim', 'embed'), cfg, scale=h * d)
+    self.cfg = cfg
+
+  def __call__(self, x, positions, mask, inv_freq, cache_kv=None, cache_index=None):
+    """x: [B, T, E]; mask: [B, T, S] bool (True = may attend). Returns (out [B, T, E], new (k, v))."""
+    cfg, dt = self.cfg, to_dtype(self.cfg.dtype)
+    rules = cfg.logical_axis_rules
+    q = jnp.einsum('bte,ehd->bthd', x, self.q[...].astype(dt))
+    k = jnp.einsum('bte,ekd->btkd', x, self.k[...].astype(dt))
+    v = jnp.einsum('bte,ekd->btkd', x, self.v[...].astype(dt))
+    q = shd.constrain(apply_rope(q, positions, inv_freq), ('batch', 'length', 'act_heads', None), rules)
+    k = shd.constrain(apply_rope(k, positions, inv_freq), ('batch', 'length', 'act_kv_heads', None), rules)
+    if cache_kv is not None:  # write this chunk into the cache, attend over the whole cache
+      ck, cv = cache_kv
+      k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
+    b, t, h, d = q.shape
+    kvh = cfg.num_kv_heads
+    qg = q.reshape(b, t, kvh, h // kvh, d)
+    scores = jnp.einsum('btkgd,bskd->bkgts', qg, k.astype(dt)).astype(jnp.float32) / math.sqrt(d)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum('bkgts,bskd->btkgd', probs, v.astype(dt)).reshape(b, t, h, d)
+    out = shd.constrain(out, ('batch', 'length', 'act_heads', None), rules)
+    return jnp.einsum('bthd,hde->bte', out, self.o[...].astype(dt)), (k, v)
+
+
+class MLP(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    e, m = cfg.hidden_size, cfg.intermediate_size
+    self.gate = _param(rngs, (e, m), ('embed', 'mlp'), cfg)
+    self.up = _param(rngs, (e, m), ('embed', 'mlp'), cfg)
+    self.down = _param(rngs, (m, e), ('mlp', 'embed'), cfg)
+    self.cfg = cfg
+
+  def __call__(self, x):
+    dt = to_dtype(self.cfg.dtype)
+    h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
+    h = shd.constrain(h, ('batch', 'length', 'act_mlp'), self.cfg.logical_axis_rules)
+    return h @ self.down[...].astype(dt)
+
+
+class Block(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(cfg, rngs)
+    self.attn = Attention(cfg, rngs)
+    self.mlp_norm = RMSNorm(cfg, rngs)
+    self.mlp = MLP(cfg, rngs)
+    self.rules = cfg.logical_axis_rules
+
+  def __call__(self, x, positions, mask, inv_freq, cache_kv=None, cache_index=None):
+    a, new_kv = self.attn(self.attn_norm(x), positions, mask, inv_freq, cache_kv, cache_index)
+    x = x + a
+    x = x + self.mlp(self.mlp_norm(x))
+    return shd.constrain(x, ('batch', 'length', 'act_embed'), self.rules), new_kv
+
+
+class Output(NamedTuple):
+  logits: jax.Array  # [B, T, V] float32
+  hidden: jax.Array  # [B, T, E] final normed hidden state
+  values: jax.Array | None  # [B, T] float32 from the scalar head, when the model has one
+  cache: KVCache | None
+
+
+class Transformer(nnx.Module):
+  """The decoder. `__call__(tokens, positions, mask, cache=None) -> Output`."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ('vocab', 'embed'), cfg, scale=1.0)
+    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg, rngs)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ('embed', 'vocab'), cfg)
+    if cfg.scalar_head:
+      self.scalar_head = _param(rngs, (cfg.hidden_size,), ('embed',), cfg)
+      self.scalar_bias = nnx.Param(jnp.zeros((), to_dtype(cfg.param_dtype)), logical_axes=())
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
+               cache: KVCache | None = None) -> Output:
+    """tokens, positions: [B, T] int32; mask: [B, T, S] bool, S = T or the cache length."""
+    cfg, dt, rules = self.cfg, to_dtype(self.cfg.dtype), self.cfg.logical_axis_rules
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+    x = shd.constrain(x, ('batch', 'length', 'act_embed'), rules)
+    inv_freq = rope_frequencies(cfg)
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      kv = None if cache is None else (cache.k[i], cache.v[i])
+      x, (k, v) = layer(x, positions, mask, inv_freq, kv, None if cache is None else cache.index)
+      new_k.append(k)
+      new_v.append(v)
+    h = self.final_norm(x)
+    w = self.embed[...].T if cfg.tie_word_embeddings else self.lm_head[...]
+    logits = shd.constrain(jnp.einsum('bte,ev->btv', h, w.astype(dt)).astype(jnp.float32),
+                           ('batch', 'length', 'act_vocab'), rules)
+    values = None
+    if cfg.scalar_head:
+      values = (h.astype(jnp.float32) @ self.scalar_head[...].astype(jnp.float32)
+                + self.scalar_bias[...].astype(jnp.float32))
+    new_cache = None
+    if cache is not None:
+      new_cache = KVCache(jnp.stack(new_k), jnp.stack(new_v), cache.index + tokens.shape[1])
+    return Output(logits, h, values, new_cache)
+
+
+def causal_mask(valid: jax.Array) -> jax.Array:
+  """[B, T] bool of real (non-padding) tokens -> [B, T, T] causal mask over real keys.
+
+  Padding queries still attend to themselves so no softmax row is empty (their outputs are ignored).
+  """
+  t = valid.shape[1]
+  causal = jnp.tril(jnp.ones((t, t), bool))
+  mask = causal[None] & valid[:, None, :]
+  return mask | jnp.eye(t, dtype=bool)[None]
+
+
+def positions_from_mask(valid: jax.Array) -> jax.Array:
+  """Positions counting only real tokens (so left padding does not shift them): [B, T] int32."""
+  return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """log softmax(logits)[targets]: logits [B, T, V], targets [B, T] -> [B, T] float32."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+def forward(model: Transformer, tokens: jax.Array, valid: jax.Array) -> Output:
+  """Full forward pass over a padded batch. tokens, valid: [B, T]."""
+  return model(tokens, positions_from_mask(valid), causal_mask(valid))
