@@ -78,6 +78,12 @@ class KVCache(NamedTuple):
     dt = to_dtype(cfg.dtype)
     return cls(jnp.zeros(shape, dt), jnp.zeros(shape, dt), jnp.zeros((), jnp.int32))
 
+  def write(self, layer: int, k: jax.Array, v: jax.Array) -> 'KVCache':
+    """Store k, v [B, T, K, D] of one layer at positions index..index+T (in place under jit)."""
+    at = (layer, 0, self.index, 0, 0)
+    return self._replace(k=jax.lax.dynamic_update_slice(self.k, k[None].astype(self.k.dtype), at),
+                         v=jax.lax.dynamic_update_slice(self.v, v[None].astype(self.v.dtype), at))
+
 
 def _param(rngs: nnx.Rngs, shape, axes, cfg: ModelConfig, scale: float | None = None, ones=False):
   dt = to_dtype(cfg.param_dtype)
@@ -140,28 +146,28 @@ class Attention(nnx.Module):
     self.o = _param(rngs, (h, d, e), ('heads', 'head_dim', 'embed'), cfg, scale=h * d)
     self.cfg = cfg
 
-  def __call__(self, x, positions, mask, inv_freq, cache_kv=None, cache_index=None):
-    """x: [B, T, E]; mask: [B, T, S] bool (True = may attend). Returns (out [B, T, E], new (k, v))."""
-    cfg, dt = self.cfg, to_dtype(self.cfg.dtype)
-    rules = cfg.logical_axis_rules
+  def project(self, x, positions, inv_freq):
+    """x: [B, T, E] -> q [B, T, H, D], k and v [B, T, K, D], rotary embedding applied."""
+    dt, rules = to_dtype(self.cfg.dtype), self.cfg.logical_axis_rules
     q = jnp.einsum('bte,ehd->bthd', x, self.q[...].astype(dt))
     k = jnp.einsum('bte,ekd->btkd', x, self.k[...].astype(dt))
     v = jnp.einsum('bte,ekd->btkd', x, self.v[...].astype(dt))
     q = shd.constrain(apply_rope(q, positions, inv_freq), ('batch', 'length', 'act_heads', None), rules)
     k = shd.constrain(apply_rope(k, positions, inv_freq), ('batch', 'length', 'act_kv_heads', None), rules)
-    if cache_kv is not None:  # write this chunk into the cache, attend over the whole cache
-      ck, cv = cache_kv
-      k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
+    return q, k, v
+
+  def attend(self, q, k, v, mask):
+    """q [B, T, H, D] over k, v [B, S, K, D] with mask [B, T, S] (True = may attend) -> [B, T, E]."""
+    dt = to_dtype(self.cfg.dtype)
     b, t, h, d = q.shape
-    kvh = cfg.num_kv_heads
+    kvh = k.shape[2]
     qg = q.reshape(b, t, kvh, h // kvh, d)
     scores = jnp.einsum('btkgd,bskd->bkgts', qg, k.astype(dt)).astype(jnp.float32) / math.sqrt(d)
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     out = jnp.einsum('bkgts,bskd->btkgd', probs, v.astype(dt)).reshape(b, t, h, d)
-    out = shd.constrain(out, ('batch', 'length', 'act_heads', None), rules)
-    return jnp.einsum('bthd,hde->bte', out, self.o[...].astype(dt)), (k, v)
+    out = shd.constrain(out, ('batch', 'length', 'act_heads', None), self.cfg.logical_axis_rules)
+    return jnp.einsum('bthd,hde->bte', out, self.o[...].astype(dt))
 
 
 class MLP(nnx.Module):
@@ -187,11 +193,14 @@ class Block(nnx.Module):
     self.mlp = MLP(cfg, rngs)
     self.rules = cfg.logical_axis_rules
 
-  def __call__(self, x, positions, mask, inv_freq, cache_kv=None, cache_index=None):
-    a, new_kv = self.attn(self.attn_norm(x), positions, mask, inv_freq, cache_kv, cache_index)
-    x = x + a
+  def __call__(self, x, positions, mask, inv_freq, cache: KVCache | None = None, layer: int = 0):
+    q, k, v = self.attn.project(self.attn_norm(x), positions, inv_freq)
+    if cache is not None:  # write this chunk into the cache in place, attend over the whole cache
+      cache = cache.write(layer, k, v)
+      k, v = cache.k[layer], cache.v[layer]
+    x = x + self.attn.attend(q, k, v, mask)
     x = x + self.mlp(self.mlp_norm(x))
-    return shd.constrain(x, ('batch', 'length', 'act_embed'), self.rules), new_kv
+    return shd.constrain(x, ('batch', 'length', 'act_embed'), self.rules), cache
 
 
 class Output(NamedTuple):
@@ -222,12 +231,8 @@ class Transformer(nnx.Module):
     x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
     x = shd.constrain(x, ('batch', 'length', 'act_embed'), rules)
     inv_freq = rope_frequencies(cfg)
-    new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
-      kv = None if cache is None else (cache.k[i], cache.v[i])
-      x, (k, v) = layer(x, positions, mask, inv_freq, kv, None if cache is None else cache.index)
-      new_k.append(k)
-      new_v.append(v)
+      x, cache = layer(x, positions, mask, inv_freq, cache, i)
     h = self.final_norm(x)
     w = self.embed[...].T if cfg.tie_word_embeddings else self.lm_head[...]
     logits = shd.constrain(jnp.einsum('bte,ev->btv', h, w.astype(dt)).astype(jnp.float32),
@@ -236,10 +241,9 @@ class Transformer(nnx.Module):
     if cfg.scalar_head:
       values = (h.astype(jnp.float32) @ self.scalar_head[...].astype(jnp.float32)
                 + self.scalar_bias[...].astype(jnp.float32))
-    new_cache = None
     if cache is not None:
-      new_cache = KVCache(jnp.stack(new_k), jnp.stack(new_v), cache.index + tokens.shape[1])
-    return Output(logits, h, values, new_cache)
+      cache = cache._replace(index=cache.index + tokens.shape[1])
+    return Output(logits, h, values, cache)
 
 
 def causal_mask(valid: jax.Array) -> jax.Array:

