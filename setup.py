@@ -42,6 +42,6 @@ setup(
     extras_require={
         'tpu': [f'jax[tpu]=={JAX}'],
         'cuda': [f'jax[cuda12]=={JAX}'],
-        'test': ['pytest>=8', 'torch==2.13.0'],
+        'test': ['pytest>=8', 'torch==2.13.0', 'accelerate>=1.0'],  # accelerate: transformers' GGUF reader
     },
 )

