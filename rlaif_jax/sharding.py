@@ -109,9 +109,10 @@ def logical_to_spec(axes: Sequence[str | None], rules: Sequence[tuple[str, Any]]
           spec.append(None)
           continue
         raise ValueError(
-            f'{what}: dimension {i} ({name}={shape[i]}) does not divide mesh axes {mesh_axes} of '
-            f'size {n}. Change config.mesh so {"x".join(mesh_axes)} divides {shape[i]}, or map '
-            f'{name!r} to other mesh axes in config.logical_axis_rules.')
+            f'{what}: dimension {i} ({name}={shape[i]}) cannot be split evenly over mesh axes '
+            f'{mesh_axes} of size {n}. Fix: set config.mesh so the size of {"x".join(mesh_axes)} '
+            f'divides {shape[i]}, or map {name!r} to other mesh axes (or None) in '
+            f'config.logical_axis_rules.')
     used.update(mesh_axes)
     spec.append(mesh_axes if len(mesh_axes) > 1 else (mesh_axes[0] if mesh_axes else None))
   return PartitionSpec(*spec)
