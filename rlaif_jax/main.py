@@ -3,6 +3,9 @@
 Parses flags and hands the config to the library; nothing below reads flags.
 """
 
+import os
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -19,5 +22,30 @@ def main(argv):
   pipeline.run(_CONFIG.value, _WORKDIR.value)
 
 
+USER_ERRORS = (ValueError, KeyError, AttributeError, FileNotFoundError, NotImplementedError)
+
+
+def one_line(e: BaseException) -> str:
+  """A config/input error as one readable line (ml_collections wraps its messages in reprs)."""
+  msg = str(e)
+  for _ in range(2):
+    if len(msg) > 1 and msg[0] == msg[-1] and msg[0] in '\'"':
+      msg = msg[1:-1]
+    msg = msg.replace('\\n', ' ').replace('\\\'', "'").replace('\n', ' ')
+  if isinstance(e, (AttributeError, KeyError)) and 'config' not in msg.lower():
+    msg = f'unknown config key {msg}'
+  return f'rlaif_jax: error: {type(e).__name__}: {msg}'
+
+
+def run():
+  try:
+    app.run(main)
+  except USER_ERRORS as e:
+    if os.environ.get('RLAIF_JAX_TRACEBACK'):
+      raise
+    print(one_line(e) + '  (set RLAIF_JAX_TRACEBACK=1 for the traceback)', file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  run()

@@ -1,0 +1,79 @@
+"""Forward-pass throughput: rlaif_jax vs transformers' PyTorch Llama on SmolLM2-135M-Instruct.
+
+Same weights (ours exported to a Hugging Face folder and loaded by transformers), same batch of
+8 x 256 tokens, float32 on this machine's CPU; an extra row runs our model with bfloat16 compute.
+Needs the test extra (torch):  bash launch/test.sh --co -q >/dev/null; python -m bench.forward
+"""
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rlaif_jax import checkpoint_hf, pretrained
+from rlaif_jax import model as model_lib
+
+
+def timed(fn, repeats):
+  fn()  # warm-up (compilation for JAX)
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--batch', type=int, default=8)
+  ap.add_argument('--length', type=int, default=256)
+  ap.add_argument('--repeats', type=int, default=5)
+  args = ap.parse_args()
+  import torch
+  from transformers import LlamaForCausalLM
+  torch.set_num_threads(os.cpu_count())
+
+  model, tok = pretrained.load_model('smollm2')
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(3, model.cfg.vocab_size, (args.batch, args.length)).astype(np.int32)
+  valid = np.ones_like(tokens, bool)
+  n_tokens = tokens.size
+  rows = []
+
+  def ours(m):
+    graphdef, state = nnx.split(m)
+    f = jax.jit(lambda s, t, v: model_lib.forward(nnx.merge(graphdef, s), t, v).logits)
+    t, v = jnp.asarray(tokens), jnp.asarray(valid)
+    return lambda: f(state, t, v).block_until_ready()
+
+  rows.append(('rlaif_jax (jax.jit)', 'float32', timed(ours(model), args.repeats)))
+  with tempfile.TemporaryDirectory() as folder:
+    checkpoint_hf.export_folder(nnx.state(model), model.cfg, folder, tok)
+    ref = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+  tt = torch.tensor(tokens, dtype=torch.long)
+
+  def torch_fwd():
+    with torch.inference_mode():
+      ref(input_ids=tt, use_cache=False).logits
+
+  rows.append(('transformers PyTorch (sdpa)', 'float32', timed(torch_fwd, args.repeats)))
+  bf16, _ = pretrained.load_model('smollm2', dtype='bfloat16')
+  rows.append(('rlaif_jax (jax.jit)', 'bf16 compute', timed(ours(bf16), args.repeats)))
+
+  base = rows[1][2]
+  print(f'\nForward pass, SmolLM2-135M-Instruct, batch {args.batch} x {args.length} tokens, '
+        f'{os.cpu_count()} CPU cores, jax {jax.__version__}, torch {torch.__version__}')
+  print(f'{"implementation":<30}{"dtype":<14}{"seconds":>9}{"tokens/s":>11}{"vs torch":>10}')
+  for name, dtype, sec in rows:
+    print(f'{name:<30}{dtype:<14}{sec:>9.3f}{n_tokens / sec:>11.0f}{base / sec:>9.2f}x')
+
+
+if __name__ == '__main__':
+  main()
