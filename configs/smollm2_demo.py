@@ -3,10 +3,11 @@
 Runs (from the repository root):
   bash launch/demo.sh                       # installs, then runs this config
   python -m rlaif_jax.main --config=configs/smollm2_demo.py --workdir=workdir/demo
-  python -m rlaif_jax.main --config=configs/smollm2_demo.py:greedy --workdir=/tmp/w \
+  python -m rlaif_jax.main --config=configs/smollm2_demo.py:sample --workdir=/tmp/w \
       --config.generate.max_new_tokens=32 --config.model.source=/path/to/hf_folder
 
-Arg (after the colon): comma-separated options; `greedy` sets temperature 0.
+Arg (after the colon): comma-separated options; `sample` samples at temperature 0.7, top-p 0.95
+(the default is greedy decoding).
 Stages built so far: generate. The RLAIF stages (label, reward_model, rl, eval) are next.
 """
 
@@ -38,11 +39,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   config.generate.chat_template = True  # wrap each prompt as a user turn of the model's chat template
   config.generate.max_new_tokens = 64
-  config.generate.temperature = 0.0 if 'greedy' in opts else 0.7  # 0 = greedy
+  config.generate.temperature = 0.7 if 'sample' in opts else 0.0  # 0 = greedy
   config.generate.top_k = 0  # 0 = off
   config.generate.top_p = 0.95  # 1.0 = off
   config.generate.prompt_buckets = (64, 128, 256, 512)  # prompt lengths are padded up to one of these
-  unknown = opts - {'greedy'}
+  unknown = opts - {'sample'}
   if unknown:
-    raise ValueError(f'Unknown config options {sorted(unknown)}; known: greedy.')
+    raise ValueError(f'Unknown config options {sorted(unknown)}; known: sample.')
   return config

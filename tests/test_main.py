@@ -17,7 +17,7 @@ def _main(*args, workdir):
 
 
 def test_generate_demo_runs_end_to_end(tmp_path):
-  r = _main('--config=configs/smollm2_demo.py:greedy', '--config.generate.max_new_tokens=12',
+  r = _main('--config=configs/smollm2_demo.py', '--config.generate.max_new_tokens=12',
             "--config.generate.prompts=('What is the capital of France?',)", workdir=tmp_path)
   assert r.returncode == 0, r.stderr[-3000:]
   rows = [json.loads(line) for line in open(tmp_path / 'generate.jsonl')]
