@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from rlaif_jax import sharding as shd
+
 
 def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
   """Mesh axes; -1 on one axis takes the remaining devices. data x fsdp x tensor = device count."""
@@ -9,22 +11,9 @@ def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.Confi
 
 
 def logical_axis_rules() -> list:
-  """Logical name -> mesh axes (None = replicated). A name missing here is an error, never silently
-  replicated. Parameters: vocab, embed, heads, kv_heads, head_dim, mlp, norm. Activations: batch,
-  length, act_*."""
-  return [
-      ('batch', ('data', 'fsdp')),  # examples split over data-parallel and FSDP groups
-      ('length', None),
-      ('vocab', 'tensor'),
-      ('embed', 'fsdp'),  # FSDP: parameters sharded along the embedding dimension
-      ('heads', 'tensor'),  # tensor parallelism over attention heads...
-      ('kv_heads', 'tensor'),
-      ('head_dim', None),
-      ('mlp', 'tensor'),  # ...and over the MLP hidden dimension
-      ('norm', None),
-      ('act_embed', None),
-      ('act_heads', 'tensor'),
-      ('act_kv_heads', 'tensor'),
-      ('act_mlp', 'tensor'),
-      ('act_vocab', 'tensor'),
-  ]
+  """Logical name -> mesh axes (None = replicated), a copy of `rlaif_jax.sharding.DEFAULT_RULES`:
+  batch -> (data, fsdp); embed -> fsdp (FSDP); vocab, heads, kv_heads, mlp -> tensor (tensor
+  parallelism); length, head_dim, norm -> replicated; act_* are the activations' names. Edit the copy
+  in a config (or on the command line) to change a layout; a name without a rule is an error, never
+  silently replicated."""
+  return [list(rule) for rule in shd.DEFAULT_RULES]
