@@ -15,10 +15,22 @@ QUESTIONS = ['What is the capital of France?', 'Tell me a joke about cats.',
              'List three colors of the rainbow.']
 
 
+def _chat_ids(tok, questions=QUESTIONS):
+  return [tok.apply_chat_template([{'role': 'user', 'content': q}], add_generation_prompt=True,
+                                  tokenize=True, return_dict=True)['input_ids'] for q in questions]
+
+
 def _chat_batch(tok, length=48):
-  ids = [tok.apply_chat_template([{'role': 'user', 'content': q}], add_generation_prompt=True,
-                                 tokenize=True, return_dict=True)['input_ids'] for q in QUESTIONS]
-  return sampling.left_pad(ids, length, tok.pad_token_id)
+  return sampling.left_pad(_chat_ids(tok), length, tok.pad_token_id)
+
+
+@pytest.fixture(scope='module')
+def exported(smollm2, tmp_path_factory):
+  """SmolLM2 exported by us as a Hugging Face folder (transformers loads it)."""
+  model, tok = smollm2
+  folder = str(tmp_path_factory.mktemp('smollm2_export'))
+  checkpoint_hf.export_folder(nnx.state(model), model.cfg, folder, tok)
+  return folder
 
 
 def test_config_and_tokenizer_from_gguf(smollm2):
@@ -53,7 +65,7 @@ def test_greedy_answer_contains_paris(smollm2):
 
 
 @pytest.mark.parametrize('reference', ['our_export', 'transformers_gguf'])
-def test_log_probs_match_torch(smollm2, tmp_path, reference):
+def test_log_probs_match_torch(smollm2, exported, reference):
   """Our log-probs vs transformers' PyTorch Llama on (a) our exported folder and (b) transformers'
   own GGUF reader, an independent undoing of llama.cpp's q/k permutation."""
   import torch
@@ -62,9 +74,7 @@ def test_log_probs_match_torch(smollm2, tmp_path, reference):
   tokens, valid = _chat_batch(tok)
   ours = helpers.our_log_probs(model, tokens, valid)
   if reference == 'our_export':
-    folder = str(tmp_path / 'smollm2_export')
-    checkpoint_hf.export_folder(nnx.state(model), model.cfg, folder, tok)
-    ref_model = folder
+    ref_model = exported
   else:
     folder, name = os.path.split(checkpoint_gguf.smollm2_path())
     ref_model = LlamaForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
@@ -84,3 +94,29 @@ def test_unpermute_inverts_llama_cpp_permutation():
   permuted = llama_cpp_permute(w, 3)
   assert not np.array_equal(permuted, w)
   np.testing.assert_array_equal(checkpoint_gguf.unpermute_qk(permuted, 3), w)
+
+
+def test_greedy_equals_transformers_generate(smollm2, exported):
+  """Our batched KV-cache greedy decoding (mixed prompt lengths, left padding) equals transformers'
+  PyTorch `generate` run prompt by prompt on the same weights."""
+  import torch
+  from transformers import LlamaForCausalLM
+  model, tok = smollm2
+  questions = ['What is the capital of France?', 'Name a fruit that is yellow.',
+               'Write one sentence about the ocean, please, using simple words.', 'Say hello.']
+  ids = _chat_ids(tok, questions)
+  n = 20
+  tokens, valid = sampling.left_pad(ids, 64, tok.pad_token_id)
+  mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
+  run = sampling.make_sampler(model, mesh, sampling.SamplingConfig(n, temperature=0.0,
+                                                                   stop_tokens=(tok.eos_token_id,)),
+                              pad_id=tok.pad_token_id)
+  out = jax.device_get(run(nnx.state(model), tokens, valid, jax.random.key(0)))
+  ref = LlamaForCausalLM.from_pretrained(exported, dtype=torch.float32).eval()
+  for row, prompt in enumerate(ids):
+    with torch.no_grad():
+      gen = ref.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    expected = gen[0, len(prompt):].tolist()
+    ours = out.tokens[row][out.mask[row]].tolist()
+    assert ours == expected, (questions[row], tok.decode(ours), tok.decode(expected))
