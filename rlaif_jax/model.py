@@ -67,22 +67,35 @@ class ModelConfig:
 
 
 class KVCache(NamedTuple):
-  """Per-layer key/value cache: k, v [L, B, S, K, D]; `index` is where the next tokens are written."""
-  k: jax.Array
-  v: jax.Array
+  """Key/value cache: per layer, k [B, K, S, D] and v [B, K, D, S]; `index` is where the next tokens
+  are written.
+
+  Layouts chosen so both attention matmuls contract each cache's innermost axis (q.k over D, p.v over
+  S): on CPU the p.v product with S not innermost cost more than all the rest of attention.
+
+  One array per layer (not one stacked [L, ...] array) so that each layer's update is an in-place
+  write of its own small buffer inside the decode loop rather than a rewrite of the whole stack.
+  """
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
   index: jax.Array  # int32 scalar
 
   @classmethod
   def zeros(cls, cfg: ModelConfig, batch: int, length: int) -> 'KVCache':
-    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    k_shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+    v_shape = (batch, cfg.num_kv_heads, cfg.head_dim, length)
     dt = to_dtype(cfg.dtype)
-    return cls(jnp.zeros(shape, dt), jnp.zeros(shape, dt), jnp.zeros((), jnp.int32))
+    return cls(tuple(jnp.zeros(k_shape, dt) for _ in range(cfg.num_layers)),
+               tuple(jnp.zeros(v_shape, dt) for _ in range(cfg.num_layers)),
+               jnp.zeros((), jnp.int32))
 
   def write(self, layer: int, k: jax.Array, v: jax.Array) -> 'KVCache':
-    """Store k, v [B, T, K, D] of one layer at positions index..index+T (in place under jit)."""
-    at = (layer, 0, self.index, 0, 0)
-    return self._replace(k=jax.lax.dynamic_update_slice(self.k, k[None].astype(self.k.dtype), at),
-                         v=jax.lax.dynamic_update_slice(self.v, v[None].astype(self.v.dtype), at))
+    """Store k [B, K, T, D] and v [B, K, D, T] of one layer at positions index..index+T."""
+    def put(buffers, new, axis):
+      buf = buffers[layer]
+      buf = jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), self.index, axis=axis)
+      return buffers[:layer] + (buf,) + buffers[layer + 1:]
+    return self._replace(k=put(self.k, k, 2), v=put(self.v, v, 3))
 
 
 def _param(rngs: nnx.Rngs, shape, axes, cfg: ModelConfig, scale: float | None = None, ones=False):
@@ -147,25 +160,28 @@ class Attention(nnx.Module):
     self.cfg = cfg
 
   def project(self, x, positions, inv_freq):
-    """x: [B, T, E] -> q [B, T, H, D], k and v [B, T, K, D], rotary embedding applied."""
+    """x: [B, T, E] -> q [B, T, H, D], k and v [B, K, T, D], rotary embedding applied."""
     dt, rules = to_dtype(self.cfg.dtype), self.cfg.logical_axis_rules
     q = jnp.einsum('bte,ehd->bthd', x, self.q[...].astype(dt))
     k = jnp.einsum('bte,ekd->btkd', x, self.k[...].astype(dt))
     v = jnp.einsum('bte,ekd->btkd', x, self.v[...].astype(dt))
     q = shd.constrain(apply_rope(q, positions, inv_freq), ('batch', 'length', 'act_heads', None), rules)
-    k = shd.constrain(apply_rope(k, positions, inv_freq), ('batch', 'length', 'act_kv_heads', None), rules)
-    return q, k, v
+    kv_axes = ('batch', 'act_kv_heads', 'length', None)
+    k = shd.constrain(apply_rope(k, positions, inv_freq).transpose(0, 2, 1, 3), kv_axes, rules)
+    return q, k, shd.constrain(v.transpose(0, 2, 1, 3), kv_axes, rules)
 
-  def attend(self, q, k, v, mask):
-    """q [B, T, H, D] over k, v [B, S, K, D] with mask [B, T, S] (True = may attend) -> [B, T, E]."""
+  def attend(self, q, k, v, mask, v_positions_last: bool = False):
+    """q [B, T, H, D] over k [B, K, S, D] and v [B, K, S, D] (or [B, K, D, S] when
+    v_positions_last, the decode cache's layout); mask [B, T, S] (True = may attend)."""
     dt = to_dtype(self.cfg.dtype)
     b, t, h, d = q.shape
-    kvh = k.shape[2]
+    kvh = k.shape[1]
     qg = q.reshape(b, t, kvh, h // kvh, d)
-    scores = jnp.einsum('btkgd,bskd->bkgts', qg, k.astype(dt)).astype(jnp.float32) / math.sqrt(d)
+    scores = jnp.einsum('btkgd,bksd->bkgts', qg, k.astype(dt)).astype(jnp.float32) / math.sqrt(d)
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out = jnp.einsum('bkgts,bskd->btkgd', probs, v.astype(dt)).reshape(b, t, h, d)
+    spec = 'bkgts,bkds->btkgd' if v_positions_last else 'bkgts,bksd->btkgd'
+    out = jnp.einsum(spec, probs, v.astype(dt)).reshape(b, t, h, d)
     out = shd.constrain(out, ('batch', 'length', 'act_heads', None), self.cfg.logical_axis_rules)
     return jnp.einsum('bthd,hde->bte', out, self.o[...].astype(dt))
 
@@ -193,12 +209,18 @@ class Block(nnx.Module):
     self.mlp = MLP(cfg, rngs)
     self.rules = cfg.logical_axis_rules
 
-  def __call__(self, x, positions, mask, inv_freq, cache: KVCache | None = None, layer: int = 0):
+  def __call__(self, x, positions, mask, inv_freq, cache: KVCache | None = None, layer: int = 0,
+               prefill: bool = False):
     q, k, v = self.attn.project(self.attn_norm(x), positions, inv_freq)
-    if cache is not None:  # write this chunk into the cache in place, attend over the whole cache
-      cache = cache.write(layer, k, v)
-      k, v = cache.k[layer], cache.v[layer]
-    x = x + self.attn.attend(q, k, v, mask)
+    if cache is None:
+      a = self.attn.attend(q, k, v, mask)
+    elif prefill:  # empty cache: attend within the chunk (no masked cache slots), then store it
+      cache = cache.write(layer, k, v.swapaxes(2, 3))
+      a = self.attn.attend(q, k, v, mask[:, :, :x.shape[1]])
+    else:  # decode: write this chunk into the cache in place, attend over the whole cache
+      cache = cache.write(layer, k, v.swapaxes(2, 3))
+      a = self.attn.attend(q, cache.k[layer], cache.v[layer], mask, v_positions_last=True)
+    x = x + a
     x = x + self.mlp(self.mlp_norm(x))
     return shd.constrain(x, ('batch', 'length', 'act_embed'), self.rules), cache
 
@@ -225,15 +247,21 @@ class Transformer(nnx.Module):
       self.scalar_bias = nnx.Param(jnp.zeros((), to_dtype(cfg.param_dtype)), logical_axes=())
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
-               cache: KVCache | None = None) -> Output:
-    """tokens, positions: [B, T] int32; mask: [B, T, S] bool, S = T or the cache length."""
+               cache: KVCache | None = None, last_only: bool = False,
+               prefill: bool = False) -> Output:
+    """tokens, positions: [B, T] int32; mask: [B, T, S] bool, S = T or the cache length.
+
+    prefill: the cache is empty and this call fills its positions 0..T-1 (attention then stays
+    within the T new tokens instead of scanning the whole, mostly empty, cache).
+    last_only: logits (and values) only for the last position, [B, 1, V] (prefill needs no more).
+    """
     cfg, dt, rules = self.cfg, to_dtype(self.cfg.dtype), self.cfg.logical_axis_rules
     x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
     x = shd.constrain(x, ('batch', 'length', 'act_embed'), rules)
     inv_freq = rope_frequencies(cfg)
     for i, layer in enumerate(self.layers):
-      x, cache = layer(x, positions, mask, inv_freq, cache, i)
-    h = self.final_norm(x)
+      x, cache = layer(x, positions, mask, inv_freq, cache, i, prefill)
+    h = self.final_norm(x[:, -1:] if last_only else x)
     w = self.embed[...].T if cfg.tie_word_embeddings else self.lm_head[...]
     logits = shd.constrain(jnp.einsum('bte,ev->btv', h, w.astype(dt)).astype(jnp.float32),
                            ('batch', 'length', 'act_vocab'), rules)

@@ -88,14 +88,14 @@ def sample(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Ar
   n = cfg.max_new_tokens
   rules = model.cfg.logical_axis_rules
   cache = model_lib.KVCache.zeros(model.cfg, b, p + n)
-  cache_axes = (None, 'batch', 'length', 'act_kv_heads', None)
-  cache = cache._replace(k=shd.constrain(cache.k, cache_axes, rules),
-                         v=shd.constrain(cache.v, cache_axes, rules))
+  k_axes, v_axes = ('batch', 'act_kv_heads', 'length', None), ('batch', 'act_kv_heads', None, 'length')
+  cache = cache._replace(k=tuple(shd.constrain(x, k_axes, rules) for x in cache.k),
+                         v=tuple(shd.constrain(x, v_axes, rules) for x in cache.v))
   key_valid = jnp.concatenate([prompt_valid, jnp.zeros((b, n), bool)], axis=1)  # [B, P + N]
   positions = model_lib.positions_from_mask(prompt_valid)
   prefill_mask = model_lib.causal_mask(prompt_valid)
   prefill_mask = jnp.concatenate([prefill_mask, jnp.zeros((b, p, n), bool)], axis=2)
-  out = model(prompt, positions, prefill_mask, cache)
+  out = model(prompt, positions, prefill_mask, cache, last_only=True, prefill=True)
   key, step_key = jax.random.split(key)
   token, logp = choose(out.logits[:, -1], step_key, cfg)
   next_pos = positions[:, -1] + 1

@@ -1,0 +1,132 @@
+"""Sampling throughput: rlaif_jax's jitted KV-cache sampler vs transformers' PyTorch `generate`.
+
+SmolLM2-135M-Instruct, same weights (ours exported to a HF folder), same shapes, greedy decoding
+for both, exactly `new` tokens per row (no early stop), float32, this machine's CPU cores. Prints
+new tokens/s, the ratio, the prefill share of our time, and the machine's roofline bound: the lower of
+the memory-bound rate (weights + KV cache read once per decode step, at the measured bandwidth) and the
+compute-bound rate (2 FLOPs per parameter per token plus attention, at the measured matmul rate).
+Needs the test extra (torch):  bash launch/test.sh --co -q >/dev/null; python -m bench.sampling
+"""
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rlaif_jax import checkpoint_hf, pretrained, sampling
+from rlaif_jax import sharding as shd
+
+
+def timed(fn):
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def best_of(fn, repeats):
+  fn()  # warm-up / compile
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return min(times)
+
+
+def machine_rates():
+  """(memory bandwidth bytes/s, float32 matmul FLOP/s at a large and at a decode shape)."""
+  a = np.ones(64 << 20, np.float32)  # 256 MiB
+  b = np.empty_like(a)
+  t = best_of(lambda: np.copyto(b, a), 3)
+  bandwidth = 2 * a.nbytes / t  # read + write
+  rates = []
+  for m, k, n in ((1024, 1024, 1024), (16, 576, 1536)):
+    x, w = jnp.ones((m, k)), jnp.ones((k, n))
+    f = jax.jit(lambda x, w: x @ w)
+    reps = max(1, int(2e9 / (2 * m * k * n)))
+
+    def many():
+      for _ in range(reps):
+        y = f(x, w)
+      y.block_until_ready()
+
+    rates.append(2 * m * k * n * reps / best_of(many, 3))
+  return bandwidth, rates[0], rates[1]
+
+
+def roofline(cfg, batch, prompt, new, bandwidth, flops):
+  e, layers = cfg.hidden_size, cfg.num_layers
+  per_layer = e * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) + 3 * e * cfg.intermediate_size
+  params = layers * per_layer + cfg.vocab_size * e  # lm head (tied to the embedding) included
+  mean_ctx = prompt + new / 2
+  attn_flops = 4 * layers * mean_ctx * cfg.num_heads * cfg.head_dim
+  compute_bound = flops / (2 * params + attn_flops)
+  kv_bytes = 2 * layers * batch * mean_ctx * cfg.num_kv_heads * cfg.head_dim * 4
+  memory_bound = batch * bandwidth / (4 * params + kv_bytes)
+  return min(compute_bound, memory_bound), compute_bound, memory_bound
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--shapes', default='16x128x128,64x128x64', help='batch x prompt x new, comma-separated')
+  ap.add_argument('--repeats', type=int, default=2)
+  args = ap.parse_args()
+  import torch
+  from transformers import LlamaForCausalLM
+  torch.set_num_threads(os.cpu_count())
+
+  model, tok = pretrained.load_model('smollm2')
+  mesh = shd.make_mesh({'data': -1})
+  state = nnx.state(model)
+  folder = tempfile.mkdtemp()
+  checkpoint_hf.export_folder(state, model.cfg, folder, tok)
+  ref = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+  bandwidth, flops_big, flops_decode = machine_rates()
+  rng = np.random.default_rng(0)
+  rows = []
+  for shape in args.shapes.split(','):
+    b, p, n = (int(x) for x in shape.split('x'))
+    prompt = rng.integers(3, model.cfg.vocab_size, (b, p)).astype(np.int32)
+    valid = np.ones_like(prompt, bool)
+    run = sampling.make_sampler(model, mesh, sampling.SamplingConfig(n, temperature=0.0))
+    prefill = sampling.make_sampler(model, mesh, sampling.SamplingConfig(1, temperature=0.0))
+    key = jax.random.key(0)
+    tp = torch.tensor(prompt, dtype=torch.long)
+
+    def hf():
+      with torch.inference_mode():
+        ref.generate(tp, attention_mask=torch.ones_like(tp), do_sample=False, max_new_tokens=n,
+                     min_new_tokens=n, pad_token_id=tok.pad_token_id, use_cache=True)
+
+    ours_fn = lambda: run(state, prompt, valid, key).tokens.block_until_ready()
+    prefill_fn = lambda: prefill(state, prompt, valid, key).tokens.block_until_ready()
+    ours_fn(), prefill_fn(), hf()  # warm-up and compile
+    ours = theirs = ours_prefill = float('inf')
+    for _ in range(args.repeats):  # interleaved, best of each, so machine noise hits both alike
+      ours = min(ours, timed(ours_fn))
+      ours_prefill = min(ours_prefill, timed(prefill_fn))
+      theirs = min(theirs, timed(hf))
+    bound, cb, mb = roofline(model.cfg, b, p, n, bandwidth, flops_decode)
+    rows.append((shape, b * n / ours, b * n / theirs, ours_prefill / ours, bound, cb, mb))
+
+  print(f'\nSampling, SmolLM2-135M-Instruct, greedy, float32, {os.cpu_count()} CPU cores, '
+        f'jax {jax.__version__}, torch {torch.__version__}')
+  print(f'machine: memory bandwidth {bandwidth / 1e9:.1f} GB/s; float32 matmul {flops_big / 1e9:.0f} '
+        f'GFLOP/s (1024^3), {flops_decode / 1e9:.0f} GFLOP/s (decode shape 16x576x1536)')
+  print(f'{"B x prompt x new":<18}{"rlaif_jax tok/s":>16}{"HF generate tok/s":>19}{"ratio":>8}'
+        f'{"prefill share":>15}{"roofline tok/s":>16}{"of roofline":>13}')
+  for shape, ours, theirs, share, bound, cb, mb in rows:
+    print(f'{shape:<18}{ours:>16.0f}{theirs:>19.0f}{ours / theirs:>7.2f}x{share:>14.0%}'
+          f'{bound:>16.0f}{ours / bound:>12.0%}')
+  print('roofline = min(compute-bound, memory-bound): ' + '; '.join(
+      f'{r[0]}: {r[5]:.0f} / {r[6]:.0f}' for r in rows))
+
+
+if __name__ == '__main__':
+  main()
