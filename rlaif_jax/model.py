@@ -150,6 +150,12 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
   return out.astype(x.dtype)
 
 
+def _project(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [B, T, E] @ w [E, N, D] -> [B, T, N, D], as a plain 2-D matmul on the reshaped weight."""
+  e, n, d = w.shape
+  return (x @ w.reshape(e, n * d)).reshape(*x.shape[:-1], n, d)
+
+
 class Attention(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -162,9 +168,7 @@ class Attention(nnx.Module):
   def project(self, x, positions, inv_freq):
     """x: [B, T, E] -> q [B, T, H, D], k and v [B, K, T, D], rotary embedding applied."""
     dt, rules = to_dtype(self.cfg.dtype), self.cfg.logical_axis_rules
-    q = jnp.einsum('bte,ehd->bthd', x, self.q[...].astype(dt))
-    k = jnp.einsum('bte,ekd->btkd', x, self.k[...].astype(dt))
-    v = jnp.einsum('bte,ekd->btkd', x, self.v[...].astype(dt))
+    q, k, v = (_project(x, w[...].astype(dt)) for w in (self.q, self.k, self.v))
     q = shd.constrain(apply_rope(q, positions, inv_freq), ('batch', 'length', 'act_heads', None), rules)
     kv_axes = ('batch', 'act_kv_heads', 'length', None)
     k = shd.constrain(apply_rope(k, positions, inv_freq).transpose(0, 2, 1, 3), kv_axes, rules)
@@ -183,7 +187,8 @@ class Attention(nnx.Module):
     spec = 'bkgts,bkds->btkgd' if v_positions_last else 'bkgts,bksd->btkgd'
     out = jnp.einsum(spec, probs, v.astype(dt)).reshape(b, t, h, d)
     out = shd.constrain(out, ('batch', 'length', 'act_heads', None), self.cfg.logical_axis_rules)
-    return jnp.einsum('bthd,hde->bte', out, self.o[...].astype(dt))
+    # As one [B*T, H*D] x [H*D, E] matmul: an einsum over (h, d) let XLA re-lay out the weight.
+    return (out.reshape(b, t, h * d) @ self.o[...].astype(dt).reshape(h * d, -1))
 
 
 class MLP(nnx.Module):
