@@ -67,11 +67,12 @@ class ModelConfig:
 
 
 class KVCache(NamedTuple):
-  """Key/value cache: per layer, k [B, K, S, D] and v [B, K, D, S]; `index` is where the next tokens
+  """Key/value cache: per layer, k [B, K, D, S] and v [B, K, S, D]; `index` is where the next tokens
   are written.
 
-  Layouts chosen so both attention matmuls contract each cache's innermost axis (q.k over D, p.v over
-  S): on CPU the p.v product with S not innermost cost more than all the rest of attention.
+  Decode attention is a multiply-and-reduce over an outer axis of each cache (D for q.k, S for p.v),
+  vectorised along the contiguous inner one: on CPU this ran twice as fast as batched matmuls with
+  one query row per (batch, kv head).
 
   One array per layer (not one stacked [L, ...] array) so that each layer's update is an in-place
   write of its own small buffer inside the decode loop rather than a rewrite of the whole stack.
@@ -82,20 +83,20 @@ class KVCache(NamedTuple):
 
   @classmethod
   def zeros(cls, cfg: ModelConfig, batch: int, length: int) -> 'KVCache':
-    k_shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
-    v_shape = (batch, cfg.num_kv_heads, cfg.head_dim, length)
+    k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, length)
+    v_shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
     dt = to_dtype(cfg.dtype)
     return cls(tuple(jnp.zeros(k_shape, dt) for _ in range(cfg.num_layers)),
                tuple(jnp.zeros(v_shape, dt) for _ in range(cfg.num_layers)),
                jnp.zeros((), jnp.int32))
 
   def write(self, layer: int, k: jax.Array, v: jax.Array) -> 'KVCache':
-    """Store k [B, K, T, D] and v [B, K, D, T] of one layer at positions index..index+T."""
+    """Store k [B, K, D, T] and v [B, K, T, D] of one layer at positions index..index+T."""
     def put(buffers, new, axis):
       buf = buffers[layer]
       buf = jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), self.index, axis=axis)
       return buffers[:layer] + (buf,) + buffers[layer + 1:]
-    return self._replace(k=put(self.k, k, 2), v=put(self.v, v, 3))
+    return self._replace(k=put(self.k, k, 3), v=put(self.v, v, 2))
 
 
 def _param(rngs: nnx.Rngs, shape, axes, cfg: ModelConfig, scale: float | None = None, ones=False):
@@ -174,9 +175,8 @@ class Attention(nnx.Module):
     k = shd.constrain(apply_rope(k, positions, inv_freq).transpose(0, 2, 1, 3), kv_axes, rules)
     return q, k, shd.constrain(v.transpose(0, 2, 1, 3), kv_axes, rules)
 
-  def attend(self, q, k, v, mask, v_positions_last: bool = False):
-    """q [B, T, H, D] over k [B, K, S, D] and v [B, K, S, D] (or [B, K, D, S] when
-    v_positions_last, the decode cache's layout); mask [B, T, S] (True = may attend)."""
+  def attend(self, q, k, v, mask):
+    """q [B, T, H, D] over k and v [B, K, S, D]; mask [B, T, S] (True = may attend) -> [B, T, E]."""
     dt = to_dtype(self.cfg.dtype)
     b, t, h, d = q.shape
     kvh = k.shape[1]
@@ -184,8 +184,26 @@ class Attention(nnx.Module):
     scores = jnp.einsum('btkgd,bksd->bkgts', qg, k.astype(dt)).astype(jnp.float32) / math.sqrt(d)
     scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    spec = 'bkgts,bkds->btkgd' if v_positions_last else 'bkgts,bksd->btkgd'
-    out = jnp.einsum(spec, probs, v.astype(dt)).reshape(b, t, h, d)
+    out = jnp.einsum('bkgts,bksd->btkgd', probs, v.astype(dt)).reshape(b, t, h, d)
+    return self.output(out)
+
+  def attend_cache(self, q, k_cache, v_cache, mask):
+    """Decode: q [B, T, H, D] (T small) over k_cache [B, K, D, S] and v_cache [B, K, S, D]."""
+    dt = to_dtype(self.cfg.dtype)
+    b, t, h, d = q.shape
+    kvh = k_cache.shape[1]
+    qg = q.reshape(b, t, kvh, h // kvh, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, D]
+    scores = jnp.sum(qg[..., None] * k_cache[:, :, None, None].astype(dt), axis=4)  # [B, K, G, T, S]
+    scores = scores.astype(jnp.float32) / math.sqrt(d)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.sum(probs[..., None] * v_cache[:, :, None, None].astype(dt), axis=4)  # [B, K, G, T, D]
+    return self.output(out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d))
+
+  def output(self, out):
+    """Attention output [B, T, H, D] -> [B, T, E] through the output projection."""
+    dt = to_dtype(self.cfg.dtype)
+    b, t, h, d = out.shape
     out = shd.constrain(out, ('batch', 'length', 'act_heads', None), self.cfg.logical_axis_rules)
     # As one [B*T, H*D] x [H*D, E] matmul: an einsum over (h, d) let XLA re-lay out the weight.
     return (out.reshape(b, t, h * d) @ self.o[...].astype(dt).reshape(h * d, -1))
@@ -220,11 +238,11 @@ class Block(nnx.Module):
     if cache is None:
       a = self.attn.attend(q, k, v, mask)
     elif prefill:  # empty cache: attend within the chunk (no masked cache slots), then store it
-      cache = cache.write(layer, k, v.swapaxes(2, 3))
+      cache = cache.write(layer, k.swapaxes(2, 3), v)
       a = self.attn.attend(q, k, v, mask[:, :, :x.shape[1]])
     else:  # decode: write this chunk into the cache in place, attend over the whole cache
-      cache = cache.write(layer, k, v.swapaxes(2, 3))
-      a = self.attn.attend(q, cache.k[layer], cache.v[layer], mask, v_positions_last=True)
+      cache = cache.write(layer, k.swapaxes(2, 3), v)
+      a = self.attn.attend_cache(q, cache.k[layer], cache.v[layer], mask)
     x = x + a
     x = x + self.mlp(self.mlp_norm(x))
     return shd.constrain(x, ('batch', 'length', 'act_embed'), self.rules), cache

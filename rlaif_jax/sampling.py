@@ -96,7 +96,7 @@ def sample(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Ar
   n = cfg.max_new_tokens
   rules = model.cfg.logical_axis_rules
   cache = model_lib.KVCache.zeros(model.cfg, b, p + n)
-  k_axes, v_axes = ('batch', 'act_kv_heads', 'length', None), ('batch', 'act_kv_heads', None, 'length')
+  k_axes, v_axes = ('batch', 'act_kv_heads', None, 'length'), ('batch', 'act_kv_heads', 'length', None)
   cache = cache._replace(k=tuple(shd.constrain(x, k_axes, rules) for x in cache.k),
                          v=tuple(shd.constrain(x, v_axes, rules) for x in cache.v))
   key_valid = jnp.concatenate([prompt_valid, jnp.zeros((b, n), bool)], axis=1)  # [B, P + N]
