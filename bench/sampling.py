@@ -10,6 +10,9 @@ Needs the test extra (torch):  bash launch/test.sh --co -q >/dev/null; python -m
 
 import argparse
 import os
+
+# One XLA CPU device per core, so the sharded row can split the batch across cores (data parallel).
+os.environ.setdefault('XLA_FLAGS', f'--xla_force_host_platform_device_count={os.cpu_count()}')
 import statistics
 import tempfile
 import time
@@ -82,7 +85,7 @@ def main():
   torch.set_num_threads(os.cpu_count())
 
   model, tok = pretrained.load_model('smollm2')
-  mesh = shd.make_mesh({'data': -1})
+  one = shd.make_mesh({'data': 1}, jax.devices()[:1])
   state = nnx.state(model)
   folder = tempfile.mkdtemp()
   checkpoint_hf.export_folder(state, model.cfg, folder, tok)
@@ -94,8 +97,12 @@ def main():
     b, p, n = (int(x) for x in shape.split('x'))
     prompt = rng.integers(3, model.cfg.vocab_size, (b, p)).astype(np.int32)
     valid = np.ones_like(prompt, bool)
-    run = sampling.make_sampler(model, mesh, sampling.SamplingConfig(n, temperature=0.0))
-    prefill = sampling.make_sampler(model, mesh, sampling.SamplingConfig(1, temperature=0.0))
+    run = sampling.make_sampler(model, one, sampling.SamplingConfig(n, temperature=0.0))
+    prefill = sampling.make_sampler(model, one, sampling.SamplingConfig(1, temperature=0.0))
+    cores = shd.make_mesh({'data': -1})  # data parallel over the CPU devices (one per core)
+    sharded_model = pretrained.place(model.cfg, checkpoint_hf.host_arrays(state), cores)
+    sharded_state = nnx.state(sharded_model)
+    run_dp = sampling.make_sampler(sharded_model, cores, sampling.SamplingConfig(n, temperature=0.0))
     key = jax.random.key(0)
     tp = torch.tensor(prompt, dtype=torch.long)
 
@@ -106,25 +113,31 @@ def main():
 
     ours_fn = lambda: run(state, prompt, valid, key).tokens.block_until_ready()
     prefill_fn = lambda: prefill(state, prompt, valid, key).tokens.block_until_ready()
-    ours_fn(), prefill_fn(), hf()  # warm-up and compile
-    ours = theirs = ours_prefill = float('inf')
+    dp_fn = lambda: run_dp(sharded_state, prompt, valid, key).tokens.block_until_ready()
+    ours_fn(), prefill_fn(), dp_fn(), hf()  # warm-up and compile
+    ours = theirs = ours_prefill = ours_dp = float('inf')
     for _ in range(args.repeats):  # interleaved, best of each, so machine noise hits both alike
       ours = min(ours, timed(ours_fn))
+      ours_dp = min(ours_dp, timed(dp_fn))
       ours_prefill = min(ours_prefill, timed(prefill_fn))
       theirs = min(theirs, timed(hf))
     bound, cb, mb = roofline(model.cfg, b, p, n, bandwidth, flops_decode)
-    rows.append((shape, b * n / ours, b * n / theirs, ours_prefill / ours, bound, cb, mb))
+    rows.append((shape, b * n / ours, b * n / theirs, ours_prefill / ours, bound, cb, mb,
+                 b * n / ours_dp))
 
   print(f'\nSampling, SmolLM2-135M-Instruct, greedy, float32, {os.cpu_count()} CPU cores, '
         f'jax {jax.__version__}, torch {torch.__version__}')
   print(f'machine: memory bandwidth {bandwidth / 1e9:.1f} GB/s; float32 matmul {flops_big / 1e9:.0f} '
         f'GFLOP/s (1024^3), {flops_decode / 1e9:.0f} GFLOP/s (decode shape 16x576x1536)')
   print(f'{"B x prompt x new":<18}{"rlaif_jax tok/s":>16}{"HF generate tok/s":>19}{"ratio":>8}'
-        f'{"prefill share":>15}{"roofline tok/s":>16}{"of roofline":>13}')
-  for shape, ours, theirs, share, bound, cb, mb in rows:
+        f'{"prefill share":>15}{"roofline tok/s":>16}{"of roofline":>13}'
+        f'{"  rlaif_jax data=" + str(jax.device_count()):>20}{"ratio":>8}')
+  for shape, ours, theirs, share, bound, cb, mb, dp in rows:
     print(f'{shape:<18}{ours:>16.0f}{theirs:>19.0f}{ours / theirs:>7.2f}x{share:>14.0%}'
-          f'{bound:>16.0f}{ours / bound:>12.0%}')
-  print('roofline = min(compute-bound, memory-bound): ' + '; '.join(
+          f'{bound:>16.0f}{ours / bound:>12.0%}{dp:>20.0f}{dp / theirs:>7.2f}x')
+  print(f'rlaif_jax: one XLA CPU device; "data={jax.device_count()}": the same sampler sharded over '
+        f'{jax.device_count()} CPU devices (one per core), batch split data-parallel.')
+  print('roofline tok/s = min(compute-bound, memory-bound): ' + '; '.join(
       f'{r[0]}: {r[5]:.0f} / {r[6]:.0f}' for r in rows))
 
 
