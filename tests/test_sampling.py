@@ -155,3 +155,19 @@ def test_bucketing_and_padding_helpers():
   tokens, valid = sampling.left_pad([[1, 2], [3]], 4, pad_id=9)
   assert tokens.tolist() == [[9, 9, 1, 2], [9, 9, 9, 3]]
   assert valid.tolist() == [[False, False, True, True], [False, False, False, True]]
+
+
+def test_score_values_come_from_the_state_before_each_response_token():
+  cfg = CFG.replace(scalar_head=True)
+  model = pretrained.random_model(cfg, seed=4, mesh=one_device_mesh())
+  model.scalar_head[...] = jax.random.normal(jax.random.key(1), (cfg.hidden_size,))
+  tokens, valid = sampling.left_pad(PROMPTS, 8, pad_id=0)
+  response = np.array([[5, 6, 7], [8, 9, 0], [1, 2, 3], [4, 0, 0]], np.int32)
+  rmask = response > 0
+  scores = sampling.make_scorer(model, one_device_mesh())(nnx.state(model), tokens, valid, response,
+                                                           rmask)
+  full = model_lib.forward(model, jnp.concatenate([tokens, response], 1),
+                           jnp.concatenate([valid, rmask], 1))
+  expected = np.asarray(full.values)[:, 7:10] * rmask  # value of the state that predicts each token
+  np.testing.assert_allclose(np.asarray(scores.values), expected, atol=1e-5)
+  assert np.abs(expected[rmask]).min() > 0 and (np.asarray(scores.values)[~rmask] == 0).all()
