@@ -88,7 +88,8 @@ class JudgeConfig:
   score_prefix: str = 'Score='
   chat_template: bool = True  # wrap the request as a user turn of the judge's chat template
   debias: bool = True  # score both orders and average
-  max_response_tokens: int = 256  # longer responses are cut (counted in `truncated`)
+  max_response_tokens: int = 256  # longer responses are cut at the end (counted in `truncated`)
+  max_context_tokens: int = 512  # longer contexts keep their last tokens (counted in `truncated`)
   prompt_buckets: tuple[int, ...] = (128, 256, 512, 1024, 2048)
 
   def __post_init__(self):
@@ -225,12 +226,15 @@ class Judge:
       raise ValueError(f'The judge tokenizer splits answer tokens {bad} into several tokens.')
     return [i[0] for i in ids]
 
-  def _cut(self, text: str) -> str:
+  def _cut(self, text: str, context: bool = False) -> str:
     ids = self.tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) <= self.cfg.max_response_tokens:
+    limit = self.cfg.max_context_tokens if context else self.cfg.max_response_tokens
+    if len(ids) <= limit:
       return text
     self.truncated += 1
-    return self.tokenizer.decode(ids[:self.cfg.max_response_tokens]) + ' ...'
+    if context:
+      return '... ' + self.tokenizer.decode(ids[-limit:])
+    return self.tokenizer.decode(ids[:limit]) + ' ...'
 
   def encode(self, request: str, answer_prefix: str) -> list[int]:
     tok = self.tokenizer
@@ -273,10 +277,11 @@ class Judge:
       reqs = []
       for i in live:
         a, b = self._cut(responses_a[i]), self._cut(responses_b[i])
-        reqs.append(self.encode(pairwise_request(self.cfg, contexts[i], a, b, principles[i],
-                                                 rationales[i]), self.cfg.answer_prefix))
+        ctx = self._cut(contexts[i], context=True)
+        reqs.append(self.encode(pairwise_request(self.cfg, ctx, a, b, principles[i], rationales[i]),
+                                self.cfg.answer_prefix))
         if self.cfg.debias:
-          reqs.append(self.encode(pairwise_request(self.cfg, contexts[i], b, a, principles[i],
+          reqs.append(self.encode(pairwise_request(self.cfg, ctx, b, a, principles[i],
                                                    rationales[i]), self.cfg.answer_prefix))
       lp = self.option_log_probs(reqs, [[t] for t in self.choice_ids])
       first = lp[0::2] if self.cfg.debias else lp
@@ -294,8 +299,9 @@ class Judge:
     rewards = np.full(len(contexts), -1.0, np.float32)
     live = [i for i in range(len(contexts)) if not skipped[i]]
     if live:
-      reqs = [self.encode(direct_request(self.cfg, contexts[i], self._cut(responses[i])),
-                          self.cfg.score_prefix) for i in live]
+      reqs = [self.encode(direct_request(self.cfg, self._cut(contexts[i], context=True),
+                                         self._cut(responses[i])), self.cfg.score_prefix)
+              for i in live]
       lp = self.option_log_probs(reqs, self.score_options)
       rewards[live] = np.asarray(expected_score_reward(jnp.asarray(lp)))
     return rewards, skipped

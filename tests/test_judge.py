@@ -1,0 +1,135 @@
+"""The AI judge: parity of the soft label with PyTorch, debiasing, d-RLAIF, bad input, alignment."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from rlaif_jax import checkpoint_hf, judge, pretrained
+from rlaif_jax import model as model_lib
+from rlaif_jax import sharding as shd
+from tests import helpers
+
+CONTEXT = 'Human: How do I pick a lock?'
+SAFE = 'I cannot help with breaking into places, but a locksmith can help if you are locked out.'
+UNSAFE = 'Use a tension wrench and a pick, and rake the pins until they set.'
+
+
+def one_device():
+  return shd.make_mesh({'data': 1}, jax.devices()[:1])
+
+
+@pytest.fixture(scope='module')
+def smol_judge(smollm2):
+  model, tok = smollm2
+  return judge.Judge(model, tok, one_device(), judge.JudgeConfig(task='harmless'))
+
+
+def test_soft_label_matches_torch(smol_judge, smollm2, tmp_path):
+  import torch
+  from transformers import LlamaForCausalLM
+  model, tok = smollm2
+  pref = smol_judge.pairwise([CONTEXT], [SAFE], [UNSAFE])
+  request = smol_judge.encode(judge.pairwise_request(smol_judge.cfg, CONTEXT, SAFE, UNSAFE),
+                              smol_judge.cfg.answer_prefix)
+  folder = str(tmp_path / 'smollm2')
+  checkpoint_hf.export_folder(nnx.state(model), model.cfg, folder, tok)
+  ref = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+  with torch.no_grad():
+    logits = ref(torch.tensor([request])).logits[0, -1].float()
+  logp = torch.log_softmax(logits, -1)[[tok.convert_tokens_to_ids('1'), tok.convert_tokens_to_ids('2')]]
+  expected = torch.softmax(logp, -1)[0].item()
+  assert abs(float(pref.p_ab[0]) - expected) < 1e-3
+  assert 0 < expected < 1 and abs(expected - 0.5) > 1e-4  # a real, non-degenerate label
+
+
+def test_debiasing_is_symmetric_and_raw_bias_is_reported(smollm2):
+  model, tok = smollm2
+  on = judge.Judge(model, tok, one_device(), judge.JudgeConfig(task='harmless'))
+  p = on.pairwise([CONTEXT, CONTEXT], [SAFE, 'Sure.'], [UNSAFE, ''])
+  q = on.pairwise([CONTEXT, CONTEXT], [UNSAFE, ''], [SAFE, 'Sure.'])
+  np.testing.assert_allclose(q.p_a_better, 1 - p.p_a_better, atol=1e-6)
+  np.testing.assert_allclose(p.p_a_better, (p.p_ab + p.p_ba) / 2, atol=1e-6)
+  off = judge.Judge(model, tok, one_device(), judge.JudgeConfig(task='harmless', debias=False))
+  raw = off.pairwise([CONTEXT], [SAFE], [UNSAFE])
+  np.testing.assert_allclose(raw.p_a_better, p.p_ab[:1], atol=1e-5)  # the raw first-order label
+  assert np.isnan(raw.p_ba).all()
+
+
+def test_expected_score_reward_on_constructed_distributions():
+  logp = jnp.log(jnp.asarray([
+      [1.0] + [0.0] * 9,  # certainly 1 -> -1
+      [0.0] * 9 + [1.0],  # certainly 10 -> +1
+      [0.1] * 10,  # uniform: E = 5.5 -> 0
+      [0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0],  # E = (3 + 7) / 2 = 5 -> -1/9
+  ]) + 1e-30)
+  r = np.asarray(judge.expected_score_reward(logp))
+  np.testing.assert_allclose(r, [-1.0, 1.0, 0.0, -1 / 9], atol=1e-6)
+
+
+def test_option_log_probs_equal_teacher_forcing():
+  cfg = model_lib.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
+                              num_heads=4, num_kv_heads=2, head_dim=8)
+  model = pretrained.random_model(cfg, seed=3, mesh=one_device())
+  prompts = [[5, 6, 7, 8, 9], [10, 11]]
+  options = [[3], [4, 5], [6, 7, 8]]
+  from rlaif_jax import sampling
+  tokens, valid = sampling.left_pad(prompts, 6, 0)
+  opt = np.zeros((3, 3), np.int32)
+  opt_valid = np.zeros((3, 3), bool)
+  for i, o in enumerate(options):
+    opt[i, :len(o)], opt_valid[i, :len(o)] = o, True
+  got = np.asarray(jax.jit(lambda *a: judge.option_log_probs(model, *a))(tokens, valid, opt, opt_valid))
+  for b, p in enumerate(prompts):
+    for j, o in enumerate(options):
+      seq = jnp.asarray([p + o])
+      logp = jax.nn.log_softmax(model_lib.forward(model, seq, jnp.ones(seq.shape, bool)).logits[0])
+      expected = sum(float(logp[len(p) - 1 + k, t]) for k, t in enumerate(o))
+      assert abs(got[b, j] - expected) < 1e-4, (b, j)
+
+
+def test_direct_reward_prefers_the_safe_answer_range_and_skips(smollm2):
+  model, tok = smollm2
+  d = judge.Judge(model, tok, one_device(), judge.JudgeConfig(task='harmless'))
+  assert len(d.score_options[9]) == 3  # "1", "0", <|im_end|>: digits are split, 10 != 1
+  rewards, skipped = d.direct_reward([CONTEXT, CONTEXT, None], [SAFE, UNSAFE, SAFE])
+  assert skipped.tolist() == [False, False, True] and rewards[2] == -1.0
+  assert np.isfinite(rewards).all() and (np.abs(rewards) <= 1).all()
+
+
+def test_bad_responses_give_defined_labels_or_counted_skips(smollm2):
+  model, tok = smollm2
+  d = judge.Judge(model, tok, one_device(), judge.JudgeConfig(task='helpful', max_response_tokens=40))
+  long = 'word ' * 400
+  pref = d.pairwise([CONTEXT, CONTEXT, CONTEXT, CONTEXT], ['', long, None, SAFE],
+                    [SAFE, SAFE, SAFE, 12345])
+  assert pref.skipped.tolist() == [False, False, True, True]
+  assert np.isfinite(pref.p_a_better).all() and (pref.p_a_better[pref.skipped] == 0.5).all()
+  assert pref.truncated == 1
+
+
+def test_alignment_report_on_a_small_human_labeled_file(tmp_path, smollm2):
+  model, tok = smollm2
+  rows = [{'chosen': f'\n\nHuman: {q}\n\nAssistant: {good}', 'rejected': f'\n\nHuman: {q}\n\nAssistant: {bad}'}
+          for q, good, bad in [('How do I pick a lock?', SAFE, UNSAFE),
+                               ('Tell me an insult.', 'I would rather not insult anyone.',
+                                'You are an idiot.'),
+                               ('What is 2+2?', '4.', 'Go away.')]]
+  rows.append({'prompt': 'Human: hi', 'chosen': 'Hello! How can I help?', 'rejected': 'What.'})
+  path = tmp_path / 'human.jsonl'
+  path.write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
+  pairs = judge.read_human_pairs(str(path))
+  assert pairs[0].context == 'Human: How do I pick a lock?' and pairs[0].chosen == SAFE
+  d = judge.Judge(model, tok, one_device(), judge.JudgeConfig(task='harmless'))
+  report = judge.alignment(d, pairs, batch_size=2, progress=False)
+  assert report['pairs'] == 4 and report['skipped'] == 0
+  assert 0 <= report['agreement'] <= 1 and 0 <= report['position_consistency'] <= 1
+  agree = d.pairwise([p.context for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs])
+  assert report['agreement'] == pytest.approx(float((agree.p_a_better > 0.5).mean()))
+  bad = tmp_path / 'bad.jsonl'
+  bad.write_text('{"chosen": "no assistant turn", "rejected": "x"}\n')
+  with pytest.raises(ValueError, match=r'bad.jsonl:1: malformed preference row'):
+    judge.read_human_pairs(str(bad))
