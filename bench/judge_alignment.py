@@ -31,15 +31,19 @@ def main():
   ap.add_argument('--model', default='smollm2')
   ap.add_argument('--settings', default='harmless:base,harmless:detailed,harmless:base:fewshot,helpful:base')
   ap.add_argument('--out', default='')
+  ap.add_argument('--max_context_tokens', type=int, default=256)
+  ap.add_argument('--max_response_tokens', type=int, default=128)
   args = ap.parse_args()
   model, tok = pretrained.load_model(args.model)
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
   pairs = judge.read_human_pairs(args.data, args.limit)
+  pairs.sort(key=lambda p: len(p.context) + len(p.chosen) + len(p.rejected))  # similar lengths batch
   rows = []
   for setting in args.settings.split(','):
     task, preamble, *extra = setting.split(':')
-    cfg = judge.JudgeConfig(task=task, preamble=preamble, max_response_tokens=160,
-                            max_context_tokens=320,
+    cfg = judge.JudgeConfig(task=task, preamble=preamble, max_response_tokens=args.max_response_tokens,
+                            max_context_tokens=args.max_context_tokens,
+                            prompt_buckets=(256, 384, 512, 768, 1024),
                             exemplars=(EXEMPLAR,) if 'fewshot' in extra else ())
     t = time.time()
     report = judge.alignment(judge.Judge(model, tok, mesh, cfg), pairs, batch_size=8)

@@ -61,6 +61,9 @@ PREAMBLES = {
         'which response is more harmless.',
 }
 
+RATIONALE_REQUEST = ('Explain in a few sentences which response is better and why. Do not answer '
+                     'with only a number.')
+
 DIRECT_PREAMBLES = {
     'summarization': 'Rate how good the summary of the text below is, from 1 (worst) to 10 (best).',
     'helpful': 'Rate how helpful the assistant\'s last response is, from 1 (worst) to 10 (best).',
@@ -261,8 +264,12 @@ class Judge:
 
   def pairwise(self, contexts: Sequence[Any], responses_a: Sequence[Any], responses_b: Sequence[Any],
                principles: Sequence[str | None] | None = None,
-               rationales: Sequence[str | None] | None = None) -> Preference:
-    """Soft preferences P(A better than B) for each (context, A, B)."""
+               rationales: Sequence[tuple[str, str] | None] | None = None) -> Preference:
+    """Soft preferences P(A better than B) for each (context, A, B).
+
+    rationales: optional (rationale for the A-first order, rationale for the B-first order) per pair,
+    inserted before the answer (the second step of chain-of-thought labeling).
+    """
     n = len(contexts)
     principles = principles or [None] * n
     rationales = rationales or [None] * n
@@ -276,13 +283,11 @@ class Judge:
     if live:
       reqs = []
       for i in live:
-        a, b = self._cut(responses_a[i]), self._cut(responses_b[i])
-        ctx = self._cut(contexts[i], context=True)
-        reqs.append(self.encode(pairwise_request(self.cfg, ctx, a, b, principles[i], rationales[i]),
-                                self.cfg.answer_prefix))
-        if self.cfg.debias:
-          reqs.append(self.encode(pairwise_request(self.cfg, ctx, b, a, principles[i],
-                                                   rationales[i]), self.cfg.answer_prefix))
+        r_ab, r_ba = rationales[i] or (None, None)
+        for first, second, rationale in self._orders(responses_a[i], responses_b[i], r_ab, r_ba):
+          reqs.append(self.encode(pairwise_request(
+              self.cfg, self._cut(contexts[i], context=True), first, second, principles[i],
+              rationale), self.cfg.answer_prefix))
       lp = self.option_log_probs(reqs, [[t] for t in self.choice_ids])
       first = lp[0::2] if self.cfg.debias else lp
       swapped = lp[1::2] if self.cfg.debias else None
@@ -290,6 +295,61 @@ class Judge:
                                            else jnp.asarray(swapped)))
       p[live], p_ab[live], p_ba[live], consistent[live] = out
     return Preference(p, p_ab, p_ba, consistent, skipped, self.truncated)
+
+  def _orders(self, a: str, b: str, r_ab=None, r_ba=None):
+    a, b = self._cut(a), self._cut(b)
+    return [(a, b, r_ab), (b, a, r_ba)] if self.cfg.debias else [(a, b, r_ab)]
+
+  def rationales(self, contexts: Sequence[str], responses_a: Sequence[str],
+                 responses_b: Sequence[str], key: jax.Array, settings: sampling.SamplingConfig,
+                 principles: Sequence[str | None] | None = None) -> list[tuple[str, str]]:
+    """First step of chain-of-thought: the judge explains, for each order it will be asked in,
+    which response is better. Returns (A-first rationale, B-first rationale) per pair."""
+    if not hasattr(self, '_generator'):
+      self._generator = sampling.TextGenerator(self.model, self.tokenizer, self.mesh,
+                                               self.cfg.prompt_buckets)
+    principles = principles or [None] * len(contexts)
+    requests, index = [], []
+    for i, (c, a, b) in enumerate(zip(contexts, responses_a, responses_b)):
+      for first, second, _ in self._orders(a, b):
+        requests.append(pairwise_request(self.cfg, self._cut(c, context=True), first, second,
+                                         principles[i]) + '\n\n' + RATIONALE_REQUEST)
+        index.append(i)
+    texts = self._generator(requests, settings, key, chat=self.cfg.chat_template)
+    out = [['', ''] for _ in contexts]
+    for j, (i, text) in enumerate(zip(index, texts)):
+      out[i][j % 2 if self.cfg.debias else 0] = text.strip()
+    return [tuple(r) for r in out]
+
+  def pairwise_cot(self, contexts: Sequence[Any], responses_a: Sequence[Any],
+                   responses_b: Sequence[Any], key: jax.Array,
+                   settings: sampling.SamplingConfig = sampling.SamplingConfig(64, temperature=0.0),
+                   samples: int = 1, principles: Sequence[str | None] | None = None
+                   ) -> tuple[Preference, list[tuple[str, str]]]:
+    """Two-step chain-of-thought labels; with samples > 1 (and temperature > 0), self-consistency:
+    the soft labels of several sampled rationales are averaged. Returns (preference, the first
+    sample's rationales); pairs that are not text are skipped (empty rationales)."""
+    n = len(contexts)
+    ok = [i for i in range(n) if all(isinstance(x, str) for x in (contexts[i], responses_a[i],
+                                                                   responses_b[i]))]
+    total, first_rationales = None, [('', '')] * n
+    for s, k in enumerate(jax.random.split(key, samples)):
+      rat = [('', '')] * n
+      if ok:
+        got = self.rationales([contexts[i] for i in ok], [responses_a[i] for i in ok],
+                              [responses_b[i] for i in ok], k, settings,
+                              None if principles is None else [principles[i] for i in ok])
+        for i, r in zip(ok, got):
+          rat[i] = r
+      pref = self.pairwise(contexts, responses_a, responses_b, principles, rat)
+      first_rationales = rat if s == 0 else first_rationales
+      total = pref if total is None else total._replace(
+          p_a_better=total.p_a_better + pref.p_a_better, p_ab=total.p_ab + pref.p_ab,
+          p_ba=total.p_ba + pref.p_ba)
+    total = total._replace(p_a_better=total.p_a_better / samples, p_ab=total.p_ab / samples,
+                           p_ba=total.p_ba / samples)
+    return total._replace(consistent=(total.p_ab > 0.5) == (total.p_ba > 0.5) if self.cfg.debias
+                          else total.consistent), first_rationales
 
   def direct_reward(self, contexts: Sequence[Any], responses: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """d-RLAIF rewards in [-1, 1] for each (context, response); (rewards, skipped). Skipped rows
@@ -379,3 +439,20 @@ def alignment(judge: Judge, pairs: Sequence[HumanPair], batch_size: int = 8,
   return {'pairs': n, 'skipped': skipped, 'agreement': agree / max(n, 1),
           'position_consistency': consistent / max(n, 1), 'mean_p_chosen': p_sum / max(n, 1),
           'first_order_says_1': first_pos / max(n, 1)}
+
+
+# --------------------------------------------------------------------------- constitutions
+
+def read_constitution(path: str) -> list[str]:
+  """Principles from a text file: one per line; blank lines and `#` comments are skipped."""
+  with open(path, encoding='utf-8') as f:
+    principles = [line.strip() for line in f if line.strip() and not line.lstrip().startswith('#')]
+  if not principles:
+    raise ValueError(f'Constitution {path} has no principles (one per line).')
+  return principles
+
+
+def sample_principles(principles: Sequence[str], n: int, seed: int) -> list[str]:
+  """One principle per comparison, drawn with a seeded generator (record it with the label)."""
+  rng = np.random.default_rng(seed)
+  return [principles[i] for i in rng.integers(0, len(principles), n)]

@@ -133,3 +133,32 @@ def test_alignment_report_on_a_small_human_labeled_file(tmp_path, smollm2):
   bad.write_text('{"chosen": "no assistant turn", "rejected": "x"}\n')
   with pytest.raises(ValueError, match=r'bad.jsonl:1: malformed preference row'):
     judge.read_human_pairs(str(bad))
+
+
+def test_chain_of_thought_gives_rationales_and_labels(smollm2):
+  from rlaif_jax import sampling
+  model, tok = smollm2
+  d = judge.Judge(model, tok, one_device(), judge.JudgeConfig(task='harmless'))
+  pref, rationales = d.pairwise_cot([CONTEXT, CONTEXT], [SAFE, None], [UNSAFE, SAFE],
+                                    jax.random.key(0), sampling.SamplingConfig(24, temperature=0.0))
+  assert rationales[0][0] and rationales[0][1]  # both orders explained, non-empty
+  assert rationales[1] == ('', '') and pref.skipped.tolist() == [False, True]
+  assert 0 < pref.p_a_better[0] < 1 and np.isfinite(pref.p_a_better).all()
+  # self-consistency: two sampled rationales averaged
+  pref2, _ = d.pairwise_cot([CONTEXT], [SAFE], [UNSAFE], jax.random.key(1),
+                            sampling.SamplingConfig(16, temperature=0.8), samples=2)
+  assert 0 < pref2.p_a_better[0] < 1
+
+
+def test_constitution_sampling_is_seeded(tmp_path):
+  path = tmp_path / 'c.txt'
+  path.write_text('# comment\nBe kind.\n\nBe honest.\nBe safe.\n')
+  principles = judge.read_constitution(str(path))
+  assert principles == ['Be kind.', 'Be honest.', 'Be safe.']
+  a = judge.sample_principles(principles, 20, seed=3)
+  assert a == judge.sample_principles(principles, 20, seed=3) and len(set(a)) > 1
+  assert 'Judge by this principle: Be safe.' in judge.pairwise_request(
+      judge.JudgeConfig(), 'ctx', 'x', 'y', principle='Be safe.')
+  (tmp_path / 'empty.txt').write_text('# nothing\n')
+  with pytest.raises(ValueError, match='has no principles'):
+    judge.read_constitution(str(tmp_path / 'empty.txt'))
