@@ -39,7 +39,7 @@ def main():
   torch.set_num_threads(os.cpu_count())
   model, tok = pretrained.load_model('smollm2')
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  j = judge.Judge(model, tok, mesh, judge.JudgeConfig(task='harmless', prompt_buckets=(256,)))
+  j = judge.Judge(model, tok, mesh, judge.JudgeConfig(task='harmless'))
   ctx = [f'Human: {QUESTIONS[i % len(QUESTIONS)]}' for i in range(args.pairs)]
   a = [ANSWERS[i % len(ANSWERS)][0] for i in range(args.pairs)]
   b = [ANSWERS[i % len(ANSWERS)][1] for i in range(args.pairs)]

@@ -93,7 +93,8 @@ class JudgeConfig:
   debias: bool = True  # score both orders and average
   max_response_tokens: int = 256  # longer responses are cut at the end (counted in `truncated`)
   max_context_tokens: int = 512  # longer contexts keep their last tokens (counted in `truncated`)
-  prompt_buckets: tuple[int, ...] = (128, 256, 512, 1024, 2048)
+  # prompts are left-padded to the next bucket; finer buckets waste less padding, compile more often
+  prompt_buckets: tuple[int, ...] = tuple(range(64, 1025, 64)) + (1536, 2048)
 
   def __post_init__(self):
     if (self.task, self.preamble) not in PREAMBLES:
@@ -176,13 +177,14 @@ def option_log_probs(model: model_lib.Transformer, prompt: jax.Array, prompt_val
   o, l = options.shape
   cfg = model.cfg
   positions = model_lib.positions_from_mask(prompt_valid)
+  if l == 1:  # single-token answers: one forward pass, no cache
+    out = model(prompt, positions, model_lib.causal_mask(prompt_valid), last_only=True)
+    return jax.nn.log_softmax(out.logits[:, -1].astype(jnp.float32), axis=-1)[:, options[:, 0]]
   mask = jnp.concatenate([model_lib.causal_mask(prompt_valid), jnp.zeros((b, p, l), bool)], axis=2)
   cache = model_lib.KVCache.zeros(cfg, b, p + l)
   out = model(prompt, positions, mask, cache, last_only=True, prefill=True)
   first = jax.nn.log_softmax(out.logits[:, -1].astype(jnp.float32), axis=-1)  # [B, V]
   total = first[:, options[:, 0]]  # [B, O]
-  if l == 1:
-    return total
   rep = lambda x: jnp.repeat(x, o, axis=0)
   cache = out.cache._replace(k=tuple(map(rep, out.cache.k)), v=tuple(map(rep, out.cache.v)))
   opt = jnp.tile(options, (b, 1))  # [B*O, L], row r = prompt r // O, option r % O
