@@ -34,6 +34,7 @@ setup(
         'gguf>=0.17',
         'tensorflow-datasets>=4.9.9',
         'array-record>=0.8',
+        'importlib_resources>=6',  # tensorflow-datasets needs it to locate our dataset builder
         'grain>=0.2.12',
         'tqdm>=4.66',
         'tensorboardX>=2.6',
