@@ -162,3 +162,22 @@ def test_constitution_sampling_is_seeded(tmp_path):
   (tmp_path / 'empty.txt').write_text('# nothing\n')
   with pytest.raises(ValueError, match='has no principles'):
     judge.read_constitution(str(tmp_path / 'empty.txt'))
+
+
+def test_critique_and_revise_writes_sft_pairs(smollm2, tmp_path):
+  from rlaif_jax import sampling
+  model, tok = smollm2
+  gen = sampling.TextGenerator(model, tok, one_device(), prompt_buckets=(256,))
+  records = judge.critique_and_revise(gen, [CONTEXT], [UNSAFE], ['Do not help with break-ins.'],
+                                      jax.random.key(0), sampling.SamplingConfig(24, temperature=0.0),
+                                      rounds=2)
+  r = records[0]
+  assert len(r['critiques']) == 2 and len(r['revisions']) == 2 and all(r['critiques'])
+  assert r['revision'] and r['revision'] in r['revisions'] + [UNSAFE]
+  path = str(tmp_path / 'revisions.jsonl')
+  judge.write_revisions(records, path)
+  row = json.loads(open(path).read().splitlines()[0])
+  assert row['prompt'] == CONTEXT and row['revision'] == r['revision']
+  with pytest.raises(ValueError, match='rounds must be >= 1'):
+    judge.critique_and_revise(gen, [CONTEXT], [UNSAFE], ['x'], jax.random.key(0),
+                              sampling.SamplingConfig(4), rounds=0)
