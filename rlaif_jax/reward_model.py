@@ -1,0 +1,117 @@
+"""Reward model: a model-family backbone with a scalar head, trained on AI soft labels.
+
+Loss: cross-entropy between softmax(r_a, r_b) and the soft label (Bradley-Terry with soft targets;
+hard labels are p in {0, 1}). The reward of a response is the scalar head on the last real token of
+prompt + response. The train step is one jitted, sharded function that donates its state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from rlaif_jax import model as model_lib
+from rlaif_jax import sharding as shd
+
+
+def preference_loss(r_a: jax.Array, r_b: jax.Array, p_a: jax.Array) -> jax.Array:
+  """Mean soft Bradley-Terry cross-entropy: -(p log s(r_a - r_b) + (1 - p) log s(r_b - r_a))."""
+  d = r_a - r_b
+  return jnp.mean(-(p_a * jax.nn.log_sigmoid(d) + (1 - p_a) * jax.nn.log_sigmoid(-d)))
+
+
+def sequence_rewards(model: model_lib.Transformer, tokens: jax.Array, valid: jax.Array) -> jax.Array:
+  """Scalar head at the last real token of each row: tokens, valid [B, T] -> [B] float32."""
+  out = model_lib.forward(model, tokens, valid)
+  last = jnp.maximum(valid.shape[1] - 1 - jnp.argmax(valid[:, ::-1], axis=1), 0)
+  return jnp.take_along_axis(out.values, last[:, None], axis=1)[:, 0]
+
+
+class Batch(NamedTuple):
+  """A batch of pairs: each side is prompt + response, [B, T] tokens and a validity mask."""
+  tokens_a: jax.Array
+  valid_a: jax.Array
+  tokens_b: jax.Array
+  valid_b: jax.Array
+  p_a: jax.Array  # [B] soft label P(a better)
+
+
+def pair_rewards(model: model_lib.Transformer, batch: Batch) -> tuple[jax.Array, jax.Array]:
+  """Rewards of both sides in one forward pass over the stacked [2B, T] batch."""
+  tokens = jnp.concatenate([batch.tokens_a, batch.tokens_b])
+  valid = jnp.concatenate([batch.valid_a, batch.valid_b])
+  r = sequence_rewards(model, tokens, valid)
+  return jnp.split(r, 2)
+
+
+def make_optimizer(learning_rate: float, total_steps: int, warmup_steps: int = 0,
+                   weight_decay: float = 0.0, clip_norm: float = 1.0) -> optax.GradientTransformation:
+  """AdamW with linear warmup and cosine decay, after global-norm gradient clipping."""
+  schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(warmup_steps, 1),
+                                                max(total_steps, warmup_steps + 1))
+  return optax.chain(optax.clip_by_global_norm(clip_norm),
+                     optax.adamw(schedule, weight_decay=weight_decay))
+
+
+class TrainState(NamedTuple):
+  params: Any  # nnx.State of the model's parameters
+  opt_state: Any
+  step: jax.Array
+
+
+def init_state(model: model_lib.Transformer, optimizer: optax.GradientTransformation) -> TrainState:
+  params = nnx.state(model, nnx.Param)
+  return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def make_train_step(model: model_lib.Transformer, optimizer: optax.GradientTransformation,
+                    mesh: jax.sharding.Mesh):
+  """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings; donates the state.
+  `step.init()` gives the initial TrainState, sharded as the step expects."""
+  graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss_fn(params, batch):
+    r_a, r_b = pair_rewards(nnx.merge(graphdef, params, rest), batch)
+    loss = preference_loss(r_a, r_b, batch.p_a)
+    agree = jnp.mean(((r_a > r_b) == (batch.p_a > 0.5)).astype(jnp.float32))
+    return loss, {'loss': loss, 'accuracy': agree, 'reward_mean': jnp.mean(jnp.concatenate([r_a, r_b]))}
+
+  def step(state: TrainState, batch: Batch):
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics['grad_norm'] = optax.tree.norm(grads)
+    return TrainState(params, opt_state, state.step + 1), metrics
+
+  rules = model.cfg.logical_axis_rules
+  abstract = jax.eval_shape(lambda: init_state(model, optimizer))
+  param_sh = shd.state_shardings(abstract.params, mesh, rules)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  # optimizer moments are sharded like the parameters they track; counts are replicated
+  opt_sh = optax.tree_map_params(optimizer, lambda _, sh: sh, abstract.opt_state, param_sh,
+                                 transform_non_params=lambda _: replicated,
+                                 is_leaf=lambda x: isinstance(x, nnx.Variable))
+  state_sh = TrainState(param_sh, opt_sh, replicated)
+  batch_sh = jax.sharding.NamedSharding(mesh, shd.logical_to_spec(('batch',), rules, None, mesh))
+  jitted = jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
+                   donate_argnums=(0,))
+
+  def call(state, batch):
+    with jax.set_mesh(mesh):
+      return jitted(state, batch)
+
+  call.jitted = jitted
+  # the initial state placed with the step's shardings, so the first call does not compile twice
+  call.init = lambda: jax.device_put(init_state(model, optimizer), state_sh)
+  return call
+
+
+def make_reward_fn(model: model_lib.Transformer):
+  """Jitted `fn(params, tokens, valid) -> rewards [B]` for evaluation."""
+  graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+  return jax.jit(lambda params, tokens, valid: sequence_rewards(nnx.merge(graphdef, params, rest),
+                                                                tokens, valid))
