@@ -68,6 +68,19 @@ def init_state(model: model_lib.Transformer, optimizer: optax.GradientTransforma
   return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
+def train_state_shardings(model: model_lib.Transformer, optimizer: optax.GradientTransformation,
+                          mesh: jax.sharding.Mesh) -> TrainState:
+  """Shardings of a TrainState: parameters by the rules, optimizer moments like the parameters
+  they track, counters replicated."""
+  abstract = jax.eval_shape(lambda: init_state(model, optimizer))
+  param_sh = shd.state_shardings(abstract.params, mesh, model.cfg.logical_axis_rules)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  opt_sh = optax.tree_map_params(optimizer, lambda _, sh: sh, abstract.opt_state, param_sh,
+                                 transform_non_params=lambda _: replicated,
+                                 is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return TrainState(param_sh, opt_sh, replicated)
+
+
 def make_train_step(model: model_lib.Transformer, optimizer: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh):
   """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings; donates the state.
@@ -87,17 +100,11 @@ def make_train_step(model: model_lib.Transformer, optimizer: optax.GradientTrans
     metrics['grad_norm'] = optax.tree.norm(grads)
     return TrainState(params, opt_state, state.step + 1), metrics
 
+  state_sh = train_state_shardings(model, optimizer, mesh)
   rules = model.cfg.logical_axis_rules
-  abstract = jax.eval_shape(lambda: init_state(model, optimizer))
-  param_sh = shd.state_shardings(abstract.params, mesh, rules)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  # optimizer moments are sharded like the parameters they track; counts are replicated
-  opt_sh = optax.tree_map_params(optimizer, lambda _, sh: sh, abstract.opt_state, param_sh,
-                                 transform_non_params=lambda _: replicated,
-                                 is_leaf=lambda x: isinstance(x, nnx.Variable))
-  state_sh = TrainState(param_sh, opt_sh, replicated)
   batch_sh = jax.sharding.NamedSharding(mesh, shd.logical_to_spec(('batch',), rules, None, mesh))
-  jitted = jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None),
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  jitted = jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
                    donate_argnums=(0,))
 
   def call(state, batch):
