@@ -81,3 +81,32 @@ def test_rloo_baseline_leaves_each_sample_out():
   adv = rl.sequence_advantages(jnp.asarray([1.0, 2.0, 3.0, 10.0, 10.0, 10.0]),
                                rl.RLConfig('rloo', samples_per_prompt=3))
   np.testing.assert_allclose(np.asarray(adv), [1 - 2.5, 2 - 2.0, 3 - 1.5, 0, 0, 0])
+
+
+def test_sharded_ppo_update_matches_one_device():
+  import optax
+  from rlaif_jax import checkpoint_hf
+  single = shd.make_mesh({'data': 1}, jax.devices()[:1])
+  base = pretrained.random_model(CFG, 2, single)
+  weights = checkpoint_hf.host_arrays(nnx.state(base))
+  rng = np.random.default_rng(0)
+  prompts = rng.integers(3, 32, (8, 4)).astype(np.int32)
+  valid = np.ones_like(prompts, bool)
+  out = sampling.make_sampler(base, single, sampling.SamplingConfig(6, temperature=1.0))(
+      nnx.state(base), prompts, valid, jax.random.key(0))
+  old = sampling.make_scorer(base, single)(nnx.state(base), prompts, valid, out.tokens, out.mask)
+  rollout = jax.device_get(rl.Rollout(
+      prompts, valid, out.tokens, out.mask, old.log_probs, old.log_probs - 0.1, old.values,
+      jnp.asarray(target_fraction(out.tokens, out.mask), jnp.float32)))
+  results = []
+  for mesh in (single, shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})):
+    model = pretrained.place(CFG, weights, mesh)
+    update = rl.make_update(model, optax.sgd(0.05), mesh, rl.RLConfig('ppo'))
+    state, metrics = update(update.init(), rollout, 0.05, jax.random.key(1))
+    assert update.jitted._cache_size() == 1
+    results.append(checkpoint_hf.host_arrays(state.params))
+  assert tuple(state.params['embed'][...].sharding.spec) == ('tensor', 'fsdp')
+  moved = max(np.abs(results[0][n] - weights[n]).max() for n in results[0])
+  assert moved > 1e-4  # the update really changed the parameters
+  for name in results[0]:
+    np.testing.assert_allclose(results[1][name], results[0][name], atol=1e-5, err_msg=name)
