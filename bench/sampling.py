@@ -13,7 +13,6 @@ import os
 
 # One XLA CPU device per core, so the sharded row can split the batch across cores (data parallel).
 os.environ.setdefault('XLA_FLAGS', f'--xla_force_host_platform_device_count={os.cpu_count()}')
-import statistics
 import tempfile
 import time
 

@@ -210,18 +210,17 @@ class Judge:
     eos = [tokenizer.eos_token_id] if (cfg.chat_template and tokenizer.eos_token_id is not None) else []
     self.score_options = [tokenizer.encode(str(i), add_special_tokens=False) + eos for i in range(1, 11)]
     rules = model.cfg.logical_axis_rules
-    spec = shd.logical_to_spec(('batch',), rules, None, mesh)
-    self.batch_multiple = int(np.prod([mesh.shape[a] for a in jax.tree.leaves(tuple(spec))] or [1]))
+    self.batch_multiple = shd.batch_shards(mesh, rules)
     graphdef = nnx.graphdef(model)
     state_sh = shd.state_shardings(self.state, mesh, rules)
-    batch = NamedSharding(mesh, spec)
+    batch = NamedSharding(mesh, shd.logical_to_spec(('batch',), rules, None, mesh))
     repl = NamedSharding(mesh, PartitionSpec())
 
     def fn(state, prompt, valid, options, options_valid):
       return option_log_probs(nnx.merge(graphdef, state), prompt, valid, options, options_valid)
 
-    self._scorer = jax.jit(fn, in_shardings=(state_sh, batch, batch, repl, repl),
-                           out_shardings=batch)
+    self._scorer = shd.on_mesh(jax.jit(fn, in_shardings=(state_sh, batch, batch, repl, repl),
+                                       out_shardings=batch), mesh)
     self.truncated = 0
 
   def _single_tokens(self, texts: Sequence[str]) -> list[int]:
@@ -252,16 +251,14 @@ class Judge:
   def option_log_probs(self, requests: Sequence[list[int]], options: Sequence[list[int]]) -> np.ndarray:
     """[N, O] log-probs of each option after each encoded request (batched, bucketed, jitted)."""
     length = sampling.bucket_length(max(len(r) for r in requests), self.cfg.prompt_buckets)
-    rows = -(-len(requests) // self.batch_multiple) * self.batch_multiple
-    padded = list(requests) + [requests[0]] * (rows - len(requests))
-    tokens, valid = sampling.left_pad(padded, length, self.pad_id)
+    tokens, valid = sampling.left_pad(shd.fill_batch(list(requests), self.batch_multiple), length,
+                                      self.pad_id)
     width = max(len(o) for o in options)
     opt = np.full((len(options), width), self.pad_id, np.int32)
     opt_valid = np.zeros((len(options), width), bool)
     for i, o in enumerate(options):
       opt[i, :len(o)], opt_valid[i, :len(o)] = o, True
-    with jax.set_mesh(self.mesh):
-      out = self._scorer(self.state, tokens, valid, opt, opt_valid)
+    out = self._scorer(self.state, tokens, valid, opt, opt_valid)
     return np.asarray(jax.device_get(out))[:len(requests)]
 
   def pairwise(self, contexts: Sequence[Any], responses_a: Sequence[Any], responses_b: Sequence[Any],

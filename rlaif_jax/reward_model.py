@@ -107,11 +107,7 @@ def make_train_step(model: model_lib.Transformer, optimizer: optax.GradientTrans
   jitted = jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
                    donate_argnums=(0,))
 
-  def call(state, batch):
-    with jax.set_mesh(mesh):
-      return jitted(state, batch)
-
-  call.jitted = jitted
+  call = shd.on_mesh(jitted, mesh)
   # the initial state placed with the step's shardings, so the first call does not compile twice
   call.init = lambda: jax.device_put(init_state(model, optimizer), state_sh)
   return call

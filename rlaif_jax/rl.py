@@ -10,7 +10,7 @@ shuffled minibatches inside one `lax.scan`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -127,13 +127,12 @@ def make_update(model: model_lib.Transformer, optimizer: optax.GradientTransform
   state_sh = train_state_shardings(model, optimizer, mesh)
   repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch = jax.sharding.NamedSharding(mesh, shd.logical_to_spec(('batch',), rules, None, mesh))
-  jitted = jax.jit(update, in_shardings=(state_sh, batch, repl, repl), out_shardings=(state_sh, repl),
-                   donate_argnums=(0,))
+  jitted = shd.on_mesh(jax.jit(update, in_shardings=(state_sh, batch, repl, repl),
+                               out_shardings=(state_sh, repl), donate_argnums=(0,)), mesh)
 
   def call(state, rollout, kl_coef, key):
-    with jax.set_mesh(mesh):
-      return jitted(state, rollout, jnp.asarray(kl_coef, jnp.float32), key)
+    return jitted(state, rollout, jnp.asarray(kl_coef, jnp.float32), key)
 
-  call.jitted = jitted
+  call.jitted = jitted.jitted
   call.init = lambda: jax.device_put(init_state(model, optimizer), state_sh)
   return call

@@ -181,7 +181,7 @@ def make_sampler(model: model_lib.Transformer, mesh: jax.sharding.Mesh, cfg: Sam
     return sample(nnx.merge(graphdef, state), prompt, prompt_valid, key, cfg, pad_id)
 
   jitted = jax.jit(fn, in_shardings=(state_sh, batch, batch, repl), out_shardings=batch)
-  return _on_mesh(jitted, mesh)
+  return shd.on_mesh(jitted, mesh)
 
 
 def make_scorer(model: model_lib.Transformer, mesh: jax.sharding.Mesh, temperature: float = 1.0):
@@ -194,16 +194,7 @@ def make_scorer(model: model_lib.Transformer, mesh: jax.sharding.Mesh, temperatu
                  temperature)
 
   jitted = jax.jit(fn, in_shardings=(state_sh,) + (batch,) * 4, out_shardings=batch)
-  return _on_mesh(jitted, mesh)
-
-
-def _on_mesh(jitted, mesh):
-  def call(*args):
-    with jax.set_mesh(mesh):
-      return jitted(*args)
-
-  call.jitted = jitted  # for tests and compile counting (`call.jitted._cache_size()`)
-  return call
+  return shd.on_mesh(jitted, mesh)
 
 
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
@@ -237,9 +228,7 @@ class TextGenerator:
     self.state = nnx.state(model)
     self.buckets = tuple(prompt_buckets)
     self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    rules = model.cfg.logical_axis_rules
-    spec = shd.logical_to_spec(('batch',), rules, None, mesh)
-    self.batch_multiple = int(np.prod([mesh.shape[a] for a in jax.tree.leaves(tuple(spec))] or [1]))
+    self.batch_multiple = shd.batch_shards(mesh, model.cfg.logical_axis_rules)
     self._samplers: dict[SamplingConfig, Any] = {}
 
   def encode(self, prompts: Sequence[str], chat: bool) -> list[list[int]]:
@@ -259,8 +248,7 @@ class TextGenerator:
       cfg = dataclasses.replace(cfg, stop_tokens=self.stop_tokens())
     ids = self.encode(prompts, chat)
     length = bucket_length(max(len(x) for x in ids), self.buckets)
-    rows = -(-len(ids) // self.batch_multiple) * self.batch_multiple
-    ids = ids + [ids[0]] * (rows - len(ids))  # fill the batch to a multiple of its shards
+    ids = shd.fill_batch(ids, self.batch_multiple)
     tokens, valid = left_pad(ids, length, self.pad_id)
     if cfg not in self._samplers:
       self._samplers[cfg] = make_sampler(self.model, self.mesh, cfg, self.pad_id)

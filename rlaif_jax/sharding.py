@@ -154,6 +154,29 @@ def batch_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]], shape: Sequence
   return NamedSharding(mesh, logical_to_spec(axes, rules, shape, mesh, what='input batch'))
 
 
+def batch_shards(mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> int:
+  """How many ways the `batch` rule splits a batch on this mesh (batches must be a multiple)."""
+  spec = logical_to_spec(('batch',), rules, None, mesh)
+  return math.prod(mesh.shape[a] for a in jax.tree.leaves(tuple(spec)))
+
+
+def fill_batch(rows: list, multiple: int) -> list:
+  """Repeat the first row until len(rows) is a multiple of `multiple` (callers drop the extras)."""
+  return rows + [rows[0]] * (-len(rows) % multiple)
+
+
+def on_mesh(jitted: Callable, mesh: Mesh) -> Callable:
+  """Call a jitted step with the mesh set (activation constraints need it); keeps `.jitted` for
+  compile counting (`fn.jitted._cache_size()`)."""
+
+  def call(*args):
+    with jax.set_mesh(mesh):
+      return jitted(*args)
+
+  call.jitted = jitted
+  return call
+
+
 def create_sharded(make: Callable[[], nnx.Module], mesh: Mesh,
                    rules: Sequence[tuple[str, Any]]) -> nnx.Module:
   """Build a module whose parameters are born sharded: eval_shape, then a jitted init."""

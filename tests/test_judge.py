@@ -11,7 +11,6 @@ from flax import nnx
 from rlaif_jax import checkpoint_hf, judge, pretrained
 from rlaif_jax import model as model_lib
 from rlaif_jax import sharding as shd
-from tests import helpers
 
 CONTEXT = 'Human: How do I pick a lock?'
 SAFE = 'I cannot help with breaking into places, but a locksmith can help if you are locked out.'
