@@ -7,11 +7,15 @@ prompt + response. The train step is one jitted, sharded function that donates i
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import json
+import os
+from typing import Any, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from flax import nnx
 
 from rlaif_jax import model as model_lib
@@ -63,17 +67,31 @@ class TrainState(NamedTuple):
   step: jax.Array
 
 
-def init_state(model: model_lib.Transformer, optimizer: optax.GradientTransformation) -> TrainState:
-  params = nnx.state(model, nnx.Param)
+Models = Any  # a Transformer, or a dict of them trained together (policy + separate value model)
+
+
+def model_params(models: Models) -> Any:
+  """The trainable parameters: an nnx.State, or a dict of them for a dict of models."""
+  if isinstance(models, dict):
+    return {name: nnx.state(m, nnx.Param) for name, m in models.items()}
+  return nnx.state(models, nnx.Param)
+
+
+def init_state(models: Models, optimizer: optax.GradientTransformation) -> TrainState:
+  params = model_params(models)
   return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
-def train_state_shardings(model: model_lib.Transformer, optimizer: optax.GradientTransformation,
+def train_state_shardings(models: Models, optimizer: optax.GradientTransformation,
                           mesh: jax.sharding.Mesh) -> TrainState:
-  """Shardings of a TrainState: parameters by the rules, optimizer moments like the parameters
-  they track, counters replicated."""
-  abstract = jax.eval_shape(lambda: init_state(model, optimizer))
-  param_sh = shd.state_shardings(abstract.params, mesh, model.cfg.logical_axis_rules)
+  """Shardings of a TrainState: parameters by each model's rules, optimizer moments like the
+  parameters they track, counters replicated."""
+  abstract = jax.eval_shape(lambda: init_state(models, optimizer))
+  if isinstance(models, dict):
+    param_sh = {name: shd.state_shardings(abstract.params[name], mesh, m.cfg.logical_axis_rules)
+                for name, m in models.items()}
+  else:
+    param_sh = shd.state_shardings(abstract.params, mesh, models.cfg.logical_axis_rules)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   opt_sh = optax.tree_map_params(optimizer, lambda _, sh: sh, abstract.opt_state, param_sh,
                                  transform_non_params=lambda _: replicated,
@@ -118,3 +136,88 @@ def make_reward_fn(model: model_lib.Transformer):
   graphdef, _, rest = nnx.split(model, nnx.Param, ...)
   return jax.jit(lambda params, tokens, valid: sequence_rewards(nnx.merge(graphdef, params, rest),
                                                                 tokens, valid))
+
+
+# --------------------------------------------------------------------------- evaluation and stats
+
+class RewardStats(NamedTuple):
+  """Normalisation of raw rewards: (r - mean) / std, measured on the reward model's training
+  responses after training and saved with it, so RL sees rewards of unit scale."""
+  mean: float
+  std: float
+
+  def normalize(self, rewards):
+    return (rewards - self.mean) / self.std
+
+
+def reward_stats(rewards: Any) -> RewardStats:
+  r = np.asarray(rewards, np.float64)
+  if r.size < 2 or not np.all(np.isfinite(r)):
+    raise ValueError(f'Reward statistics need >= 2 finite rewards, got {r.size} '
+                     f'({int(np.sum(~np.isfinite(r)))} not finite).')
+  return RewardStats(float(r.mean()), float(max(r.std(), 1e-6)))
+
+
+def evaluate(reward_fn, params: Any, batches: Iterable[Batch],
+             human_a_better: Iterable[np.ndarray] | None = None) -> dict[str, float]:
+  """Held-out accuracy of a reward model: the share of pairs where r_a > r_b agrees with the AI
+  label (pairs whose soft label is exactly 0.5 are left out) and, when given, with human labels
+  (one bool array per batch: True where humans preferred side a). Also returns the raw rewards'
+  mean and std (see `reward_stats`)."""
+  ai_hits, ai_n, rewards = 0, 0, []
+  human_hits, human_n = 0, 0
+  human = list(human_a_better) if human_a_better is not None else None
+  for i, b in enumerate(batches):
+    ra = np.asarray(reward_fn(params, b.tokens_a, b.valid_a))
+    rb = np.asarray(reward_fn(params, b.tokens_b, b.valid_b))
+    rewards.extend([ra, rb])
+    p = np.asarray(b.p_a)
+    decided = p != 0.5
+    ai_hits += int(np.sum(((ra > rb) == (p > 0.5))[decided]))
+    ai_n += int(decided.sum())
+    if human is not None:
+      h = np.asarray(human[i], bool)
+      human_hits += int(np.sum((ra > rb) == h))
+      human_n += h.size
+  stats = reward_stats(np.concatenate(rewards))
+  out = {'accuracy_ai': ai_hits / max(ai_n, 1), 'pairs_ai': ai_n,
+         'reward_mean': stats.mean, 'reward_std': stats.std}
+  if human is not None:
+    out.update(accuracy_human=human_hits / max(human_n, 1), pairs_human=human_n)
+  return out
+
+
+STATS_FILE = 'reward_stats.json'
+
+
+def save(directory: str, params: Any, stats: RewardStats, extra: dict | None = None) -> None:
+  """Write a reward model: parameters (Orbax) and its normalisation statistics (JSON) side by side.
+  The statistics are written last, so a directory with them holds a complete model."""
+  directory = os.path.abspath(directory)
+  ckpt = ocp.StandardCheckpointer()
+  ckpt.save(os.path.join(directory, 'params'), nnx.to_pure_dict(params), force=True)
+  ckpt.wait_until_finished()
+  if jax.process_index() == 0:
+    tmp = os.path.join(directory, STATS_FILE + '.tmp')
+    with open(tmp, 'w') as f:
+      json.dump({**stats._asdict(), **(extra or {})}, f, indent=1)
+    os.replace(tmp, os.path.join(directory, STATS_FILE))
+
+
+def restore(directory: str, model: model_lib.Transformer, mesh: jax.sharding.Mesh
+            ) -> tuple[Any, RewardStats]:
+  """(parameters placed with the model's shardings, stats) from a directory written by `save`."""
+  directory = os.path.abspath(directory)
+  stats_path = os.path.join(directory, STATS_FILE)
+  if not os.path.exists(stats_path):
+    raise FileNotFoundError(f'No complete reward model in {directory} (missing {STATS_FILE}); '
+                            f'train one first (stage reward_model) or fix the path.')
+  params = nnx.state(model, nnx.Param)
+  sh = shd.state_shardings(params, mesh, model.cfg.logical_axis_rules)
+  target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
+                        nnx.to_pure_dict(params), nnx.to_pure_dict(sh))
+  restored = ocp.StandardCheckpointer().restore(os.path.join(directory, 'params'), target)
+  nnx.replace_by_pure_dict(params, restored)
+  with open(stats_path) as f:
+    meta = json.load(f)
+  return params, RewardStats(meta['mean'], meta['std'])

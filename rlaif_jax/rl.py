@@ -39,10 +39,20 @@ class RLConfig:
   kl_estimator: str = 'k1'
   whiten_advantages: bool = True
   samples_per_prompt: int = 1  # RLOO needs >= 2 (rows of one prompt are adjacent)
+  value_model: str = 'shared'  # PPO's value head: 'shared' (policy trunk) or 'separate' (own model)
+  kl_coef: float = 0.05  # the starting (or fixed) coefficient of the per-token KL penalty
+  kl_target: float = 0.0  # > 0: adaptive controller moves kl_coef so the sequence KL nears this
+  kl_horizon: float = 10000.0  # the controller's horizon (in samples)
+  missing_eos_penalty: float = 0.0  # subtracted from the score of a response that never stopped
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
       raise ValueError(f'Unknown rl.algorithm {self.algorithm!r}; choose one of {ALGORITHMS}.')
+    if self.value_model not in ('shared', 'separate'):
+      raise ValueError(f"Unknown rl.value_model {self.value_model!r}; use 'shared' or 'separate'.")
+    if self.epochs < 1 or self.minibatches < 1:
+      raise ValueError(f'rl.epochs and rl.minibatches must be >= 1, got {self.epochs}, '
+                       f'{self.minibatches}.')
     if self.algorithm == 'rloo' and self.samples_per_prompt < 2:
       raise ValueError('rl.algorithm=rloo needs rl.samples_per_prompt >= 2 (the leave-one-out '
                        'baseline averages the other samples of the same prompt).')
@@ -83,20 +93,55 @@ def advantages_and_returns(r: Rollout, kl_coef, cfg: RLConfig):
   return adv, returns, kl
 
 
+def token_values(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Array,
+                 response: jax.Array, mask: jax.Array) -> jax.Array:
+  """A value model's scalar head on the state before each response token: [B, N] (0 past the end).
+  Only the scalar head is read, so under jit the LM head's matmul is never computed."""
+  if not model.cfg.scalar_head:
+    raise ValueError('The value model needs a scalar head: load it with scalar_head=True.')
+  p = prompt.shape[1]
+  out = model_lib.forward(model, jnp.concatenate([prompt, response], 1),
+                          jnp.concatenate([prompt_valid, mask], 1))
+  return out.values[:, p - 1:-1] * mask
+
+
+def explained_variance(values: jax.Array, returns: jax.Array, mask: jax.Array) -> jax.Array:
+  """1 - Var(returns - values) / Var(returns) over real tokens (1 = perfect, <= 0 = useless)."""
+  var = lambda x: ppo.masked_mean(jnp.square(x - ppo.masked_mean(x, mask)), mask)
+  return 1.0 - var(returns - values) / jnp.maximum(var(returns), 1e-8)
+
+
 def make_update(model: model_lib.Transformer, optimizer: optax.GradientTransformation,
-                mesh: jax.sharding.Mesh, cfg: RLConfig, temperature: float = 1.0):
-  """`update(state, rollout, kl_coef, key) -> (state, metrics)`, jitted, sharded, donating state."""
+                mesh: jax.sharding.Mesh, cfg: RLConfig, temperature: float = 1.0,
+                value_model: model_lib.Transformer | None = None):
+  """`update(state, rollout, kl_coef, key) -> (state, metrics)`, jitted, sharded, donating state.
+
+  state.params is {'policy': ...} or, with rl.value_model='separate', {'policy': ..., 'value': ...}
+  (both trained by one optimizer, as in TRL's PolicyAndValueWrapper)."""
+  separate = cfg.algorithm == 'ppo' and cfg.value_model == 'separate'
+  if separate and value_model is None:
+    raise ValueError("rl.value_model='separate' needs a value model (value_model=...).")
+  if cfg.algorithm == 'ppo' and not separate and not model.cfg.scalar_head:
+    raise ValueError("PPO with rl.value_model='shared' needs the policy loaded with scalar_head=True "
+                     "(or set rl.value_model='separate').")
+  models = {'policy': model, **({'value': value_model} if separate else {})}
   graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+  if separate:
+    v_graphdef, _, v_rest = nnx.split(value_model, nnx.Param, ...)
 
   def loss_fn(params, mb: Rollout, adv, returns):
-    policy = nnx.merge(graphdef, params, rest)
+    policy = nnx.merge(graphdef, params['policy'], rest)
     s = sampling.score(policy, mb.prompt, mb.prompt_valid, mb.response, mb.mask, temperature)
     info = ppo.policy_loss(s.log_probs, mb.old_log_probs, adv, mb.mask, cfg.clip_eps)
     entropy = ppo.masked_mean(s.entropy, mb.mask)
     loss = info.loss - cfg.entropy_coef * entropy
     v_loss = jnp.zeros(())
     if cfg.algorithm == 'ppo':
-      v_loss = ppo.value_loss(s.values, mb.old_values, returns, mb.mask, cfg.value_clip)
+      values = s.values
+      if separate:
+        values = token_values(nnx.merge(v_graphdef, params['value'], v_rest), mb.prompt,
+                              mb.prompt_valid, mb.response, mb.mask)
+      v_loss = ppo.value_loss(values, mb.old_values, returns, mb.mask, cfg.value_clip)
       loss = loss + cfg.vf_coef * v_loss
     return loss, {'policy_loss': info.loss, 'value_loss': v_loss, 'entropy': entropy,
                   'clip_fraction': info.clip_fraction, 'approx_kl': info.approx_kl}
@@ -121,10 +166,12 @@ def make_update(model: model_lib.Transformer, optimizer: optax.GradientTransform
     seq_kl = jnp.sum(kl * r.mask, axis=1)
     metrics.update(score=jnp.mean(r.scores), kl=jnp.mean(seq_kl),
                    response_length=jnp.mean(jnp.sum(r.mask, axis=1)))
+    if cfg.algorithm == 'ppo':
+      metrics['explained_variance'] = explained_variance(r.old_values, returns, r.mask)
     return state, metrics
 
   rules = model.cfg.logical_axis_rules
-  state_sh = train_state_shardings(model, optimizer, mesh)
+  state_sh = train_state_shardings(models, optimizer, mesh)
   repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch = jax.sharding.NamedSharding(mesh, shd.logical_to_spec(('batch',), rules, None, mesh))
   jitted = shd.on_mesh(jax.jit(update, in_shardings=(state_sh, batch, repl, repl),
@@ -134,5 +181,5 @@ def make_update(model: model_lib.Transformer, optimizer: optax.GradientTransform
     return jitted(state, rollout, jnp.asarray(kl_coef, jnp.float32), key)
 
   call.jitted = jitted.jitted
-  call.init = lambda: jax.device_put(init_state(model, optimizer), state_sh)
+  call.init = lambda: jax.device_put(init_state(models, optimizer), state_sh)
   return call

@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
-from rlaif_jax import checkpoint_hf, pretrained
+from rlaif_jax import checkpoint_hf, pretrained, rl_loop
 from rlaif_jax import model as model_lib
 from rlaif_jax import reward_model as rm
 from rlaif_jax import sharding as shd
@@ -57,6 +58,65 @@ def test_tiny_reward_model_learns_a_synthetic_preference():
   decided = held_out.p_a != 0.5
   accuracy = float(np.mean(((ra > rb) == (held_out.p_a > 0.5))[decided]))
   assert accuracy > 0.9, accuracy
+
+  # evaluate(): the same accuracy against AI labels; against "human" labels that disagree with the
+  # AI on a known quarter of the pairs it is lower by about that much
+  rng = np.random.default_rng(5)
+  flip = rng.random(512) < 0.25
+  human = (held_out.p_a > 0.5) ^ flip
+  report = rm.evaluate(reward, state.params, [held_out], [human])
+  np.testing.assert_allclose(report['accuracy_ai'], accuracy)
+  assert report['pairs_ai'] == decided.sum() and report['pairs_human'] == 512
+  expected_human = np.mean((ra > rb) == human)
+  np.testing.assert_allclose(report['accuracy_human'], expected_human)
+  assert report['accuracy_human'] < report['accuracy_ai'] - 0.1
+  stats = rm.RewardStats(report['reward_mean'], report['reward_std'])
+  both = np.concatenate([ra, rb])
+  np.testing.assert_allclose(stats, (both.mean(), both.std()), rtol=1e-5)
+  normalized = stats.normalize(both)
+  np.testing.assert_allclose((normalized.mean(), normalized.std()), (0.0, 1.0), atol=1e-5)
+
+
+def test_reward_model_saves_and_restores_with_its_stats(tmp_path):
+  mesh = one_device()
+  model = pretrained.random_model(CFG, 3, mesh)
+  params = nnx.state(model, nnx.Param)
+  stats = rm.RewardStats(0.25, 2.0)
+  rm.save(str(tmp_path / 'rm'), params, stats, {'accuracy_ai': 0.9})
+  # restore onto a sharded mesh into a model with other weights: the saved ones come back
+  sharded = shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
+  other = pretrained.random_model(CFG, 4, sharded)
+  restored, restored_stats = rm.restore(str(tmp_path / 'rm'), other, sharded)
+  assert restored_stats == stats
+  want, got = checkpoint_hf.host_arrays(params), checkpoint_hf.host_arrays(restored)
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  assert restored['layers'][0]['attn']['q'][...].sharding.spec[0] == 'fsdp'
+  with pytest.raises(FileNotFoundError, match='No complete reward model'):
+    rm.restore(str(tmp_path / 'missing'), other, sharded)
+
+
+def test_reward_model_scorer_normalizes_prompt_plus_response():
+  mesh = one_device()
+  model = pretrained.random_model(CFG, 5, mesh)
+  params = nnx.state(model, nnx.Param)
+  rng = np.random.default_rng(0)
+  prompt = rng.integers(3, 32, (4, 5)).astype(np.int32)
+  prompt_valid = np.ones_like(prompt, bool)
+  prompt_valid[0, :2] = False
+  response = rng.integers(3, 32, (4, 6)).astype(np.int32)
+  mask = np.ones_like(response, bool)
+  mask[1, 3:] = False
+  stats = rm.RewardStats(0.5, 4.0)
+  scored = rl_loop.reward_model_scorer(model, params, mesh, stats)(
+      rl_loop.ScoreInputs(None, prompt, prompt_valid, response, mask))
+  # reference: each row's real tokens only, scored one at a time
+  reward = rm.make_reward_fn(model)
+  for i in range(4):
+    row = np.concatenate([prompt[i][prompt_valid[i]], response[i][mask[i]]])[None]
+    want = float(reward(params, row, np.ones_like(row, bool))[0])
+    np.testing.assert_allclose(scored.raw[i], want, atol=1e-5)
+    np.testing.assert_allclose(scored.normalized[i], (want - 0.5) / 4.0, atol=1e-5)
 
 
 def test_sharded_train_step_matches_one_device():

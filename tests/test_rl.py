@@ -1,12 +1,14 @@
 """RL on CPU: a tiny policy learns to emit a target token under PPO and RLOO, with bounded KL."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from rlaif_jax import pretrained, rl, sampling
+from rlaif_jax import pretrained, rl, rl_loop, sampling
 from rlaif_jax import model as model_lib
 from rlaif_jax import reward_model as rm
 from rlaif_jax import sharding as shd
@@ -22,52 +24,116 @@ def target_fraction(response, mask):
   return ((np.asarray(response) == TARGET) & m).sum(1) / np.maximum(m.sum(1), 1)
 
 
-def train(cfg: rl.RLConfig, iterations: int, batch: int = 32, kl_coef: float = 0.02):
+def target_scorer(x: rl_loop.ScoreInputs) -> rl_loop.Scored:
+  s = target_fraction(x.response, x.mask).astype(np.float32)
+  return rl_loop.Scored(s, s)
+
+
+def train(cfg: rl.RLConfig, iterations: int, batch: int = 32, stop_tokens=()):
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
   policy = pretrained.random_model(CFG, 0, mesh)
-  reference = nnx.state(policy)  # frozen copy of the starting parameters
-  reference = jax.tree.map(jnp.copy, reference)
-  settings = sampling.SamplingConfig(6, temperature=1.0)
-  sample = sampling.make_sampler(policy, mesh, settings)
-  scorer = sampling.make_scorer(policy, mesh)
-  update = rl.make_update(policy, rm.make_optimizer(1e-2, iterations * 4, 2, clip_norm=1.0), mesh, cfg)
-  state = update.init()
+  reference = jax.tree.map(jnp.copy, nnx.state(policy))  # frozen copy of the starting parameters
+  value_model = pretrained.random_model(CFG, 1, mesh) if cfg.value_model == 'separate' else None
+  settings = sampling.SamplingConfig(6, temperature=1.0, stop_tokens=stop_tokens)
+  loop = rl_loop.RLLoop(policy, mesh, cfg, settings,
+                        rm.make_optimizer(1e-2, iterations * 4, 2, clip_norm=1.0), target_scorer,
+                        value_model)
+  state = loop.init()
   rng = np.random.default_rng(0)
   key = jax.random.key(0)
+  kl_coef = cfg.kl_coef
   history = []
   for _ in range(iterations):
-    key, k_sample, k_update = jax.random.split(key, 3)
-    n_prompts = batch // cfg.samples_per_prompt
-    prompts = np.repeat(rng.integers(3, 32, (n_prompts, 4)).astype(np.int32),
-                        cfg.samples_per_prompt, axis=0)
-    valid = np.ones_like(prompts, bool)
-    out = sample(state.params, prompts, valid, k_sample)
-    ref = scorer(reference, prompts, valid, out.tokens, out.mask)
-    old = scorer(state.params, prompts, valid, out.tokens, out.mask)
-    scores = target_fraction(out.tokens, out.mask).astype(np.float32)
-    values = old.values if cfg.algorithm == 'ppo' else jnp.zeros_like(old.log_probs)
-    rollout = rl.Rollout(prompts, valid, out.tokens, out.mask, old.log_probs, ref.log_probs,
-                         values, jnp.asarray(scores))
-    state, metrics = update(state, rollout, kl_coef, k_update)
-    history.append({k: float(v) for k, v in metrics.items()})
-  return history, update
+    key, k = jax.random.split(key)
+    tokens = rng.integers(3, 32, (batch // cfg.samples_per_prompt, 4)).astype(np.int32)
+    state, kl_coef, metrics = loop.iteration(state, reference, kl_coef,
+                                             rl_loop.Prompts(tokens, np.ones_like(tokens, bool)), k)
+    history.append(metrics)
+  return history, loop
 
 
-@pytest.mark.parametrize('cfg', [rl.RLConfig('ppo'), rl.RLConfig('rloo', samples_per_prompt=4)],
+@pytest.mark.parametrize('cfg', [rl.RLConfig('ppo', kl_coef=0.02),
+                                 rl.RLConfig('rloo', samples_per_prompt=4, kl_coef=0.02)],
                          ids=['ppo', 'rloo'])
 def test_policy_learns_the_target_token_with_bounded_kl(cfg):
-  history, update = train(cfg, iterations=30, kl_coef=0.02)
+  history, loop = train(cfg, iterations=30)
   start = np.mean([h['score'] for h in history[:3]])
   end = np.mean([h['score'] for h in history[-3:]])
   assert end > start + 0.3, (start, end)  # from ~1/32 to a clear majority of target tokens
   assert all(np.isfinite(list(h.values())).all() for h in history)
-  assert update.jitted._cache_size() == 1
+  assert loop.update.jitted._cache_size() == 1
+  for h in history:  # the time shares are measured and add up
+    assert h['time_rollout'] > 0 and h['time_scoring'] > 0 and h['time_update'] > 0
+    np.testing.assert_allclose(h['share_rollout'] + h['share_scoring'] + h['share_update'], 1.0,
+                               rtol=1e-6)
   # The KL leash: a deterministic all-target policy is ~21 nats from the reference over 6 tokens;
   # a 10x larger coefficient keeps the policy within a few nats of it.
   assert max(h['kl'] for h in history) < 25.0
-  leashed, _ = train(cfg, iterations=30, kl_coef=0.2)
+  leashed, _ = train(dataclasses.replace(cfg, kl_coef=0.2), iterations=30)
   assert max(h['kl'] for h in leashed) < 5.0
   assert np.mean([h['kl'] for h in leashed[-5:]]) < np.mean([h['kl'] for h in history[-5:]]) / 3
+
+
+def test_ppo_with_a_separate_value_model_and_adaptive_kl():
+  cfg = rl.RLConfig('ppo', value_model='separate', kl_coef=0.01, kl_target=2.0, kl_horizon=200)
+  history, loop = train(cfg, iterations=30)
+  start = np.mean([h['score'] for h in history[:3]])
+  end = np.mean([h['score'] for h in history[-3:]])
+  assert end > start + 0.3, (start, end)
+  assert set(loop.init().params) == {'policy', 'value'}
+  # the value model learns to predict returns: explained variance rises from ~0 (or below)
+  assert np.mean([h['explained_variance'] for h in history[-5:]]) > max(
+      0.2, np.mean([h['explained_variance'] for h in history[:3]]) + 0.2)
+  # the adaptive controller: the coefficient falls while the KL is under its target and rises
+  # once the KL is over it
+  coefs = [h['kl_coef'] for h in history]
+  for h, after in zip(history, coefs[1:]):
+    assert np.sign(after - h['kl_coef']) == np.sign(h['kl'] - 2.0), (h['kl'], h['kl_coef'], after)
+  assert any(h['kl'] > 2.0 for h in history) and any(h['kl'] < 2.0 for h in history)
+
+
+def test_judge_scorer_sends_prompt_texts_and_decoded_responses(tokenizer_dir):
+  from transformers import AutoTokenizer
+  tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+  seen = {}
+
+  class FakeJudge:  # records what d-RLAIF scoring was asked; scores by response length
+    def direct_reward(self, contexts, responses):
+      seen.update(contexts=contexts, responses=responses)
+      return np.array([len(r) / 10 for r in responses]), np.zeros(len(responses), bool)
+
+  texts = ['hello there', 'good morning']
+  ids = [tok.encode(t, add_special_tokens=False) for t in ['nice day', 'ok']]
+  n = max(map(len, ids)) + 2
+  response = np.zeros((2, n), np.int32)
+  mask = np.zeros((2, n), bool)
+  for i, x in enumerate(ids):
+    response[i, :len(x)] = x
+    response[i, len(x):] = ids[0][0]  # junk past the mask must not reach the judge
+    mask[i, :len(x)] = True
+  prompt = np.ones((2, 3), np.int32)
+  scored = rl_loop.judge_scorer(FakeJudge(), tok)(
+      rl_loop.ScoreInputs(texts, prompt, np.ones_like(prompt, bool), response, mask))
+  assert seen['contexts'] == texts
+  assert [r.strip() for r in seen['responses']] == ['nice day', 'ok']
+  np.testing.assert_allclose(scored.raw, [len(r) / 10 for r in seen['responses']])
+  np.testing.assert_allclose(scored.normalized, scored.raw)
+  with pytest.raises(ValueError, match='prompt texts'):
+    rl_loop.judge_scorer(FakeJudge(), tok)(rl_loop.ScoreInputs(None, prompt, prompt, response, mask))
+
+
+def test_missing_stop_penalty():
+  response = np.array([[5, 2, 0], [5, 6, 7], [2, 0, 0]])
+  mask = np.array([[1, 1, 0], [1, 1, 1], [1, 0, 0]], bool)
+  ended = rl_loop.stopped(response, mask, (2,))
+  np.testing.assert_array_equal(ended, [True, False, True])
+  np.testing.assert_allclose(rl_loop.apply_missing_stop_penalty(np.ones(3), ended, 0.5),
+                             [1.0, 0.5, 1.0])
+  # in the loop: a policy that is penalised for never stopping learns to emit the stop token
+  cfg = rl.RLConfig('rloo', samples_per_prompt=4, kl_coef=0.0, missing_eos_penalty=1.0)
+  history, _ = train(cfg, iterations=15, stop_tokens=(TARGET,))
+  assert history[-1]['stopped_fraction'] > history[0]['stopped_fraction'] + 0.3
+  assert history[0]['score'] < -0.5  # most early responses never stop and are penalised
 
 
 def test_rloo_needs_several_samples_per_prompt():
@@ -104,8 +170,8 @@ def test_sharded_ppo_update_matches_one_device():
     update = rl.make_update(model, optax.sgd(0.05), mesh, rl.RLConfig('ppo'))
     state, metrics = update(update.init(), rollout, 0.05, jax.random.key(1))
     assert update.jitted._cache_size() == 1
-    results.append(checkpoint_hf.host_arrays(state.params))
-  assert tuple(state.params['embed'][...].sharding.spec) == ('tensor', 'fsdp')
+    results.append(checkpoint_hf.host_arrays(state.params['policy']))
+  assert tuple(state.params['policy']['embed'][...].sharding.spec) == ('tensor', 'fsdp')
   moved = max(np.abs(results[0][n] - weights[n]).max() for n in results[0])
   assert moved > 1e-4  # the update really changed the parameters
   for name in results[0]:
