@@ -151,10 +151,31 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
   return out.astype(x.dtype)
 
 
+@jax.custom_vjp
+def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [..., E] @ w [E, F], with the weight gradient written as a contraction over the tokens of
+  x and dy as they are laid out (autodiff's transposed form made XLA on CPU copy the wide output
+  gradient into a transposed layout first, a slow strided write per projection)."""
+  return x @ w
+
+
+def _matmul_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _matmul_bwd(res, dy):
+  x, w = res
+  dw = jnp.einsum('me,mf->ef', x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]))
+  return dy @ w.T, dw
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 def _project(x: jax.Array, w: jax.Array) -> jax.Array:
   """x [B, T, E] @ w [E, N, D] -> [B, T, N, D], as a plain 2-D matmul on the reshaped weight."""
   e, n, d = w.shape
-  return (x @ w.reshape(e, n * d)).reshape(*x.shape[:-1], n, d)
+  return matmul(x, w.reshape(e, n * d)).reshape(*x.shape[:-1], n, d)
 
 
 class Attention(nnx.Module):
@@ -206,7 +227,7 @@ class Attention(nnx.Module):
     b, t, h, d = out.shape
     out = shd.constrain(out, ('batch', 'length', 'act_heads', None), self.cfg.logical_axis_rules)
     # As one [B*T, H*D] x [H*D, E] matmul: an einsum over (h, d) let XLA re-lay out the weight.
-    return (out.reshape(b, t, h * d) @ self.o[...].astype(dt).reshape(h * d, -1))
+    return matmul(out.reshape(b, t, h * d), self.o[...].astype(dt).reshape(h * d, -1))
 
 
 class MLP(nnx.Module):
@@ -219,9 +240,9 @@ class MLP(nnx.Module):
 
   def __call__(self, x):
     dt = to_dtype(self.cfg.dtype)
-    h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
+    h = jax.nn.silu(matmul(x, self.gate[...].astype(dt))) * matmul(x, self.up[...].astype(dt))
     h = shd.constrain(h, ('batch', 'length', 'act_mlp'), self.cfg.logical_axis_rules)
-    return h @ self.down[...].astype(dt)
+    return matmul(h, self.down[...].astype(dt))
 
 
 class Block(nnx.Module):
@@ -271,12 +292,14 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
                cache: KVCache | None = None, last_only: bool = False,
-               prefill: bool = False) -> Output:
+               prefill: bool = False, outputs_from: int = 0) -> Output:
     """tokens, positions: [B, T] int32; mask: [B, T, S] bool, S = T or the cache length.
 
     prefill: the cache is empty and this call fills its positions 0..T-1 (attention then stays
     within the T new tokens instead of scanning the whole, mostly empty, cache).
     last_only: logits (and values) only for the last position, [B, 1, V] (prefill needs no more).
+    outputs_from: logits, hidden states and values only for positions outputs_from.. (scoring a
+      response needs none for the prompt, and the LM head is a fifth of a small model's FLOPs).
     """
     cfg, dt, rules = self.cfg, to_dtype(self.cfg.dtype), self.cfg.logical_axis_rules
     x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
@@ -284,7 +307,7 @@ class Transformer(nnx.Module):
     inv_freq = rope_frequencies(cfg)
     for i, layer in enumerate(self.layers):
       x, cache = layer(x, positions, mask, inv_freq, cache, i, prefill)
-    h = self.final_norm(x[:, -1:] if last_only else x)
+    h = self.final_norm(x[:, -1:] if last_only else x[:, outputs_from:])
     w = self.embed[...].T if cfg.tie_word_embeddings else self.lm_head[...]
     logits = shd.constrain(jnp.einsum('bte,ev->btv', h, w.astype(dt)).astype(jnp.float32),
                            ('batch', 'length', 'act_vocab'), rules)
@@ -319,6 +342,7 @@ def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
   return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
 
-def forward(model: Transformer, tokens: jax.Array, valid: jax.Array) -> Output:
-  """Full forward pass over a padded batch. tokens, valid: [B, T]."""
-  return model(tokens, positions_from_mask(valid), causal_mask(valid))
+def forward(model: Transformer, tokens: jax.Array, valid: jax.Array, outputs_from: int = 0) -> Output:
+  """Full forward pass over a padded batch. tokens, valid: [B, T]; outputs for positions
+  outputs_from.. only."""
+  return model(tokens, positions_from_mask(valid), causal_mask(valid), outputs_from=outputs_from)

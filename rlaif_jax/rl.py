@@ -99,10 +99,7 @@ def token_values(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: 
   Only the scalar head is read, so under jit the LM head's matmul is never computed."""
   if not model.cfg.scalar_head:
     raise ValueError('The value model needs a scalar head: load it with scalar_head=True.')
-  p = prompt.shape[1]
-  out = model_lib.forward(model, jnp.concatenate([prompt, response], 1),
-                          jnp.concatenate([prompt_valid, mask], 1))
-  return out.values[:, p - 1:-1] * mask
+  return sampling.response_forward(model, prompt, prompt_valid, response, mask).values * mask
 
 
 def explained_variance(values: jax.Array, returns: jax.Array, mask: jax.Array) -> jax.Array:

@@ -143,18 +143,26 @@ class Scores(NamedTuple):
   values: jax.Array | None  # [B, N] scalar head on the state *before* each response token
 
 
+def response_forward(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Array,
+                     response: jax.Array, response_mask: jax.Array) -> model_lib.Output:
+  """Forward pass over prompt + response with outputs (logits, values) only at the N positions that
+  predict the response tokens: P - 1 .. P + N - 2. The last response token is not fed (no output
+  needs it), so the outputs come out exactly [B, N, ...] with no slicing copy."""
+  p = prompt.shape[1]
+  tokens = jnp.concatenate([prompt, response[:, :-1]], axis=1)
+  valid = jnp.concatenate([prompt_valid, response_mask[:, :-1]], axis=1)
+  return model_lib.forward(model, tokens, valid, outputs_from=p - 1)
+
+
 def score(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Array,
           response: jax.Array, response_mask: jax.Array, temperature: float = 1.0) -> Scores:
   """Teacher-forced scores of responses [B, N] after left-padded prompts [B, P] (masked to 0 past ends)."""
-  p = prompt.shape[1]
-  tokens = jnp.concatenate([prompt, response], axis=1)
-  valid = jnp.concatenate([prompt_valid, response_mask], axis=1)
-  out = model_lib.forward(model, tokens, valid)
-  logits = out.logits[:, p - 1:-1].astype(jnp.float32) / (temperature or 1.0)
+  out = response_forward(model, prompt, prompt_valid, response, response_mask)
+  logits = out.logits.astype(jnp.float32) / (temperature or 1.0)
   logp_all = jax.nn.log_softmax(logits, axis=-1)
   logp = jnp.take_along_axis(logp_all, response[..., None], axis=-1)[..., 0]
   entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
-  values = None if out.values is None else out.values[:, p - 1:-1] * response_mask
+  values = None if out.values is None else out.values * response_mask
   return Scores(logp * response_mask, entropy * response_mask, values)
 
 

@@ -176,3 +176,13 @@ def test_sharded_ppo_update_matches_one_device():
   assert moved > 1e-4  # the update really changed the parameters
   for name in results[0]:
     np.testing.assert_allclose(results[1][name], results[0][name], atol=1e-5, err_msg=name)
+
+
+def test_model_matmul_gradient_equals_autodiff():
+  kx, kw, kd = jax.random.split(jax.random.key(0), 3)
+  x, w = jax.random.normal(kx, (2, 5, 6)), jax.random.normal(kw, (6, 4))
+  dy = jax.random.normal(kd, (2, 5, 4))
+  ours = jax.vjp(model_lib.matmul, x, w)[1](dy)
+  plain = jax.vjp(lambda a, b: a @ b, x, w)[1](dy)
+  for a, b in zip(ours, plain):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
