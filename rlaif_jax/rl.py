@@ -23,6 +23,7 @@ from rlaif_jax import sharding as shd
 from rlaif_jax.reward_model import TrainState, init_state, train_state_shardings
 
 ALGORITHMS = ('ppo', 'reinforce', 'rloo')
+REWARDS = ('reward_model', 'judge')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +45,13 @@ class RLConfig:
   kl_target: float = 0.0  # > 0: adaptive controller moves kl_coef so the sequence KL nears this
   kl_horizon: float = 10000.0  # the controller's horizon (in samples)
   missing_eos_penalty: float = 0.0  # subtracted from the score of a response that never stopped
+  reward: str = 'reward_model'  # the score: 'reward_model' (canonical RLAIF) or 'judge' (d-RLAIF)
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
       raise ValueError(f'Unknown rl.algorithm {self.algorithm!r}; choose one of {ALGORITHMS}.')
+    if self.reward not in REWARDS:
+      raise ValueError(f'Unknown rl.reward {self.reward!r}; choose one of {REWARDS}.')
     if self.value_model not in ('shared', 'separate'):
       raise ValueError(f"Unknown rl.value_model {self.value_model!r}; use 'shared' or 'separate'.")
     if self.epochs < 1 or self.minibatches < 1:

@@ -107,6 +107,20 @@ def judge_scorer(judge: Any, tokenizer: Any) -> Scorer:
   return scorer
 
 
+def make_scorer(cfg: rl.RLConfig, *, reward_model: tuple | None = None, judge: Any = None,
+                tokenizer: Any = None) -> Scorer:
+  """The scorer rl.reward names: 'reward_model' needs reward_model=(model, params, mesh, stats);
+  'judge' needs judge= and tokenizer=."""
+  if cfg.reward == 'reward_model':
+    if reward_model is None:
+      raise ValueError("rl.reward='reward_model' needs a trained reward model (run the reward_model "
+                       "stage first, or set rl.reward='judge').")
+    return reward_model_scorer(*reward_model)
+  if judge is None or tokenizer is None:
+    raise ValueError("rl.reward='judge' needs the judge model and its tokenizer.")
+  return judge_scorer(judge, tokenizer)
+
+
 def stopped(response: np.ndarray, mask: np.ndarray, stop_tokens: Sequence[int]) -> np.ndarray:
   """[B] bool: the response contains a stop token (it ended rather than ran out of tokens)."""
   return np.any(np.isin(np.asarray(response), list(stop_tokens)) & np.asarray(mask, bool), axis=1)
@@ -189,6 +203,7 @@ class RLLoop:
     t3 = time.perf_counter()
 
     total = t3 - t0
+    metrics[f'kl_{cfg.kl_estimator}'] = metrics['kl']  # the estimator behind `kl`, by name
     metrics.update(
         reward_raw=float(np.mean(scored.raw)), reward=float(np.mean(scored.normalized)),
         stopped_fraction=float(np.mean(ended)), kl_coef=float(kl_coef),

@@ -154,14 +154,54 @@ def response_forward(model: model_lib.Transformer, prompt: jax.Array, prompt_val
   return model_lib.forward(model, tokens, valid, outputs_from=p - 1)
 
 
+@jax.custom_vjp
+def head_log_probs(hidden: jax.Array, w: jax.Array, targets: jax.Array, scale: jax.Array
+                   ) -> tuple[jax.Array, jax.Array]:
+  """log softmax(scale * hidden @ w.T)[targets] and the entropy of that softmax, per row.
+
+  hidden [M, E], w [V, E] (LM-head rows), targets [M] -> ([M], [M]) float32. The gradient is written
+  out: one elementwise pass makes d logits from the saved log-probs, then two matmuls, whose layouts
+  spare XLA on CPU the slow transposed copy of the [M, V] gradient that autodiff led it to."""
+  return _head_forward(hidden, w, targets, scale)[:2]
+
+
+def _head_forward(hidden, w, targets, scale):
+  z = (hidden @ w.astype(hidden.dtype).T).astype(jnp.float32) * scale
+  logp_all = z - jax.nn.logsumexp(z, axis=-1, keepdims=True)
+  entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+  logp = jnp.take_along_axis(logp_all, targets[:, None], axis=-1)[:, 0]
+  return logp, entropy, logp_all
+
+
+def _head_fwd(hidden, w, targets, scale):
+  logp, entropy, logp_all = _head_forward(hidden, w, targets, scale)
+  return (logp, entropy), (hidden, w, targets, scale, logp_all, entropy)
+
+
+def _head_bwd(res, grads):
+  hidden, w, targets, scale, logp_all, entropy = res
+  d_logp, d_entropy = grads
+  p = jnp.exp(logp_all)
+  onehot = jnp.arange(logp_all.shape[-1])[None, :] == targets[:, None]
+  # d log p_t / dz = onehot - p;  d H / dz = -p (log p + H)
+  dz = scale * (d_logp[:, None] * (onehot - p) - d_entropy[:, None] * p * (logp_all + entropy[:, None]))
+  d_hidden = (dz @ w.astype(jnp.float32)).astype(hidden.dtype)
+  d_w = jnp.einsum('me,mv->ev', hidden.astype(jnp.float32), dz).T.astype(w.dtype)
+  return d_hidden, d_w, None, jnp.zeros_like(scale)  # the temperature is not trained
+
+
+head_log_probs.defvjp(_head_fwd, _head_bwd)
+
+
 def score(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Array,
           response: jax.Array, response_mask: jax.Array, temperature: float = 1.0) -> Scores:
   """Teacher-forced scores of responses [B, N] after left-padded prompts [B, P] (masked to 0 past ends)."""
   out = response_forward(model, prompt, prompt_valid, response, response_mask)
-  logits = out.logits.astype(jnp.float32) / (temperature or 1.0)
-  logp_all = jax.nn.log_softmax(logits, axis=-1)
-  logp = jnp.take_along_axis(logp_all, response[..., None], axis=-1)[..., 0]
-  entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+  b, n = response.shape
+  w = model.embed[...] if model.cfg.tie_word_embeddings else model.lm_head[...].T
+  logp, entropy = head_log_probs(out.hidden.reshape(b * n, -1), w, response.reshape(-1),
+                                 jnp.float32(1.0 / (temperature or 1.0)))
+  logp, entropy = logp.reshape(b, n), entropy.reshape(b, n)
   values = None if out.values is None else out.values * response_mask
   return Scores(logp * response_mask, entropy * response_mask, values)
 

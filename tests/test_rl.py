@@ -112,7 +112,8 @@ def test_judge_scorer_sends_prompt_texts_and_decoded_responses(tokenizer_dir):
     response[i, len(x):] = ids[0][0]  # junk past the mask must not reach the judge
     mask[i, :len(x)] = True
   prompt = np.ones((2, 3), np.int32)
-  scored = rl_loop.judge_scorer(FakeJudge(), tok)(
+  scorer = rl_loop.make_scorer(rl.RLConfig(reward='judge'), judge=FakeJudge(), tokenizer=tok)
+  scored = scorer(
       rl_loop.ScoreInputs(texts, prompt, np.ones_like(prompt, bool), response, mask))
   assert seen['contexts'] == texts
   assert [r.strip() for r in seen['responses']] == ['nice day', 'ok']
@@ -133,6 +134,7 @@ def test_missing_stop_penalty():
   cfg = rl.RLConfig('rloo', samples_per_prompt=4, kl_coef=0.0, missing_eos_penalty=1.0)
   history, _ = train(cfg, iterations=15, stop_tokens=(TARGET,))
   assert history[-1]['stopped_fraction'] > history[0]['stopped_fraction'] + 0.3
+  assert all(h['kl_k1'] == h['kl'] for h in history)  # the estimator is recorded with the KL
   assert history[0]['score'] < -0.5  # most early responses never stop and are penalised
 
 
@@ -141,6 +143,12 @@ def test_rloo_needs_several_samples_per_prompt():
     rl.RLConfig('rloo')
   with pytest.raises(ValueError, match='Unknown rl.algorithm'):
     rl.RLConfig('dpo')
+  with pytest.raises(ValueError, match='Unknown rl.reward'):
+    rl.RLConfig(reward='human')
+  with pytest.raises(ValueError, match='needs a trained reward model'):
+    rl_loop.make_scorer(rl.RLConfig())
+  with pytest.raises(ValueError, match='needs the judge model'):
+    rl_loop.make_scorer(rl.RLConfig(reward='judge'))
 
 
 def test_rloo_baseline_leaves_each_sample_out():

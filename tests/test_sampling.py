@@ -171,3 +171,24 @@ def test_score_values_come_from_the_state_before_each_response_token():
   expected = np.asarray(full.values)[:, 7:10] * rmask  # value of the state that predicts each token
   np.testing.assert_allclose(np.asarray(scores.values), expected, atol=1e-5)
   assert np.abs(expected[rmask]).min() > 0 and (np.asarray(scores.values)[~rmask] == 0).all()
+
+
+def test_head_log_probs_gradient_equals_autodiff():
+  kh, kw, kt, kg = jax.random.split(jax.random.key(0), 4)
+  hidden, w = jax.random.normal(kh, (6, 8)), jax.random.normal(kw, (11, 8))
+  targets = jax.random.randint(kt, (6,), 0, 11)
+  scale = jnp.float32(1 / 0.7)
+  d_logp, d_ent = jax.random.normal(kg, (2, 6))
+
+  def plain(h, w):
+    logp_all = jax.nn.log_softmax((h @ w.T) * scale, axis=-1)
+    return (jnp.take_along_axis(logp_all, targets[:, None], axis=-1)[:, 0],
+            -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1))
+
+  ours = lambda h, w: sampling.head_log_probs(h, w, targets, scale)
+  for a, b in zip(ours(hidden, w), plain(hidden, w)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+  got = jax.vjp(ours, hidden, w)[1]((d_logp, d_ent))
+  want = jax.vjp(plain, hidden, w)[1]((d_logp, d_ent))
+  for a, b in zip(got, want):  # both the log-prob and the entropy paths
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
