@@ -184,7 +184,7 @@ def report(work: str, results: dict, iterations: int) -> None:
   for name, r in results.items():
     roll = steady(r, 'rollout')
     split = (f'{steady(r, "scoring"):>9.1f}{steady(r, "update"):>8.1f}' if 'scoring' in r
-             else f'{"(scoring+update " + format(steady(r) - roll, ".1f") + ")":>17}')
+             else f'  (together {steady(r) - roll:.1f})')
     print(f'{name:<18}{steady(r):>15.1f}{r["seconds"][0]:>12.1f}{roll:>10.1f}{split}'
           f'{r["peak_rss_mb"]:>13.0f}{steady(trl) / steady(r):>11.2f}x')
   print('first iter: rlaif_jax compiles its jitted steps in it; TRL warms up. Peak RSS: each side '
