@@ -55,7 +55,7 @@ def prepare(workdir: str) -> tuple[str, str]:
   import jax
   from flax import nnx
 
-  from rlaif_jax import checkpoint_hf, pretrained, rl_loop
+  from rlaif_jax import checkpoint_hf, pretrained, sampling
   from rlaif_jax import sharding as shd
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
   model, tok = pretrained.load_model('smollm2', mesh)
@@ -70,9 +70,7 @@ def prepare(workdir: str) -> tuple[str, str]:
       0, 0.02, (1, model.cfg.hidden_size)).astype(np.float32)
   safetensors_io.write(path + '.tmp', tensors, {'format': 'pt'})
   os.replace(path + '.tmp', path)
-  ids = [list(map(int, x)) for x in rl_loop.encode_prompts(tok, PROMPTS, 256).tokens]
-  ids = [[t for t, v in zip(row, valid) if v]
-         for row, valid in zip(ids, rl_loop.encode_prompts(tok, PROMPTS, 256).valid)]
+  ids = [list(map(int, x)) for x in sampling.encode_texts(tok, PROMPTS, chat=True)]
   spec = os.path.join(workdir, 'prompts.json')
   with open(spec, 'w') as f:
     json.dump({'prompts': ids, **SETTINGS}, f)

@@ -19,12 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from rlaif_jax import model as model_lib
 from rlaif_jax import ppo, rl, sampling
 from rlaif_jax import reward_model as rm
-from rlaif_jax import sharding as shd
 
 
 class Prompts(NamedTuple):
@@ -34,19 +32,12 @@ class Prompts(NamedTuple):
   texts: Sequence[str] | None = None
 
 
-def encode_prompts(tokenizer: Any, texts: Sequence[str], length: int, chat: bool = True,
-                   pad_id: int | None = None) -> Prompts:
-  """Tokenize prompts (with the chat template and generation prompt when `chat`), left-pad to
-  `length`; prompts longer than `length` keep their last `length` tokens."""
-  if chat:
-    ids = [tokenizer.apply_chat_template([{'role': 'user', 'content': t}], tokenize=True,
-                                         add_generation_prompt=True) for t in texts]
-    ids = [list(x['input_ids']) if isinstance(x, dict) or hasattr(x, 'keys') else list(x)
-           for x in ids]
-  else:
-    ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
-  pad = tokenizer.pad_token_id if pad_id is None else pad_id
-  tokens, valid = sampling.left_pad([x[-length:] for x in ids], length, pad or 0)
+def encode_prompts(tokenizer: Any, texts: Sequence[str], length: int, chat: bool = True) -> Prompts:
+  """Tokenize prompts (`sampling.encode_texts`) and left-pad them to `length`; prompts longer than
+  `length` keep their last `length` tokens."""
+  ids = sampling.encode_texts(tokenizer, texts, chat)
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+  tokens, valid = sampling.left_pad([x[-length:] for x in ids], length, pad)
   return Prompts(tokens, valid, list(texts))
 
 
@@ -70,24 +61,15 @@ def reward_model_scorer(rm_model: model_lib.Transformer, rm_params: Any, mesh: j
                         stats: rm.RewardStats) -> Scorer:
   """Canonical RLAIF: the reward model's scalar on prompt + response, normalised by its saved
   statistics. The reward model must share the policy's tokenizer (tokens are passed as they are)."""
-  graphdef, _, rest = nnx.split(rm_model, nnx.Param, ...)
-  rules = rm_model.cfg.logical_axis_rules
-  batch = jax.sharding.NamedSharding(mesh, shd.logical_to_spec(('batch',), rules, None, mesh))
-  params_sh = shd.state_shardings(nnx.state(rm_model, nnx.Param), mesh, rules)
-
-  def fn(params, prompt, prompt_valid, response, mask):
-    model = nnx.merge(graphdef, params, rest)
-    return rm.sequence_rewards(model, jnp.concatenate([prompt, response], 1),
-                               jnp.concatenate([prompt_valid, mask], 1))
-
-  jitted = shd.on_mesh(jax.jit(fn, in_shardings=(params_sh,) + (batch,) * 4, out_shardings=batch),
-                       mesh)
+  reward = sampling.jit_response_fn(
+      rm_model, mesh, lambda m, prompt, prompt_valid, response, mask: rm.sequence_rewards(
+          m, jnp.concatenate([prompt, response], 1), jnp.concatenate([prompt_valid, mask], 1)))
 
   def scorer(x: ScoreInputs) -> Scored:
-    raw = np.asarray(jitted(rm_params, x.prompt, x.prompt_valid, x.response, x.mask))
+    raw = np.asarray(reward(rm_params, x.prompt, x.prompt_valid, x.response, x.mask))
     return Scored(raw, stats.normalize(raw).astype(np.float32))
 
-  scorer.jitted = jitted.jitted
+  scorer.jitted = reward.jitted
   return scorer
 
 
@@ -154,13 +136,7 @@ class RLLoop:
     self.update = rl.make_update(policy, optimizer, mesh, cfg, temperature,
                                  value_model if self.separate_value else None)
     if self.separate_value:
-      graphdef, _, rest = nnx.split(value_model, nnx.Param, ...)
-      rules = value_model.cfg.logical_axis_rules
-      batch = jax.sharding.NamedSharding(mesh, shd.logical_to_spec(('batch',), rules, None, mesh))
-      params_sh = shd.state_shardings(nnx.state(value_model, nnx.Param), mesh, rules)
-      self.values = shd.on_mesh(jax.jit(
-          lambda p, *xs: rl.token_values(nnx.merge(graphdef, p, rest), *xs),
-          in_shardings=(params_sh,) + (batch,) * 4, out_shardings=batch), mesh)
+      self.values = sampling.jit_response_fn(value_model, mesh, rl.token_values)
 
   def init(self) -> rm.TrainState:
     return self.update.init()

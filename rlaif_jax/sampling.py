@@ -12,7 +12,7 @@ before top-k / top-p truncation, so `score(..., temperature=T)` on the sampled t
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -232,17 +232,20 @@ def make_sampler(model: model_lib.Transformer, mesh: jax.sharding.Mesh, cfg: Sam
   return shd.on_mesh(jitted, mesh)
 
 
-def make_scorer(model: model_lib.Transformer, mesh: jax.sharding.Mesh, temperature: float = 1.0):
-  """`fn(state, prompt, prompt_valid, response, response_mask) -> Scores`, jitted."""
+def jit_response_fn(model: model_lib.Transformer, mesh: jax.sharding.Mesh, fn: Callable):
+  """Jit `fn(model, prompt, prompt_valid, response, response_mask)` of responses as
+  `f(state, prompt, prompt_valid, response, response_mask)`: the state sharded by the rules, the
+  [B, ...] inputs and outputs over the batch axes, run with the mesh set."""
   graphdef = nnx.graphdef(model)
   state_sh, batch, _ = _shardings(model, mesh)
-
-  def fn(state, prompt, prompt_valid, response, response_mask):
-    return score(nnx.merge(graphdef, state), prompt, prompt_valid, response, response_mask,
-                 temperature)
-
-  jitted = jax.jit(fn, in_shardings=(state_sh,) + (batch,) * 4, out_shardings=batch)
+  jitted = jax.jit(lambda state, *xs: fn(nnx.merge(graphdef, state), *xs),
+                   in_shardings=(state_sh,) + (batch,) * 4, out_shardings=batch)
   return shd.on_mesh(jitted, mesh)
+
+
+def make_scorer(model: model_lib.Transformer, mesh: jax.sharding.Mesh, temperature: float = 1.0):
+  """`fn(state, prompt, prompt_valid, response, response_mask) -> Scores`, jitted."""
+  return jit_response_fn(model, mesh, lambda m, *xs: score(m, *xs, temperature))
 
 
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
@@ -267,6 +270,16 @@ def left_pad(token_lists: Sequence[Sequence[int]], length: int, pad_id: int):
   return tokens, valid
 
 
+def encode_texts(tokenizer: Any, prompts: Sequence[str], chat: bool) -> list[list[int]]:
+  """Token ids of each prompt: as a user turn with the chat template and generation prompt when
+  `chat`, else the plain text without special tokens."""
+  if chat:
+    return [list(tokenizer.apply_chat_template(
+        [{'role': 'user', 'content': p}], add_generation_prompt=True, tokenize=True,
+        return_dict=True)['input_ids']) for p in prompts]
+  return [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+
+
 class TextGenerator:
   """Strings in, strings out: chat template (optional), bucketing, the jitted sampler, decoding."""
 
@@ -280,11 +293,7 @@ class TextGenerator:
     self._samplers: dict[SamplingConfig, Any] = {}
 
   def encode(self, prompts: Sequence[str], chat: bool) -> list[list[int]]:
-    if chat:
-      return [list(self.tokenizer.apply_chat_template(
-          [{'role': 'user', 'content': p}], add_generation_prompt=True, tokenize=True,
-          return_dict=True)['input_ids']) for p in prompts]
-    return [self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    return encode_texts(self.tokenizer, prompts, chat)
 
   def stop_tokens(self) -> tuple[int, ...]:
     eos = self.tokenizer.eos_token_id
