@@ -39,6 +39,8 @@ setup(
         'tqdm>=4.66',
         'tensorboardX>=2.6',
         'matplotlib>=3.8',
+        'pyyaml>=6',
+        'chatterbot-corpus>=1.2',  # real English dialogue prompts (YAML files only; never imported)
     ],
     extras_require={
         'tpu': [f'jax[tpu]=={JAX}'],

@@ -9,7 +9,8 @@ minibatch updating policy and value model (AdamW), as TRL's `PPOTrainer` (trl 0.
 other, so peak memory (max RSS) is per side; TRL runs in its own environment (bench/.venv-trl, created
 on first use with `pip install trl==0.29.1 torch==2.13.0`; trl is never a requirement of rlaif_jax).
 The first iteration (compilation for us, warm-up for torch) is reported apart; "steady" is the median
-of the others.
+of the others. Both sides run with the same host allocator settings (`rlaif_jax.host`: glibc keeps
+freed memory instead of page-faulting it in again every step), which `launch/` scripts set for users.
 
   bash launch/test.sh --co -q >/dev/null   # (once) our environment with the test extra
   .venv/bin/python -m bench.ppo [--iterations 4]
@@ -23,6 +24,8 @@ import sys
 import tempfile
 
 import numpy as np
+
+from rlaif_jax import host
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRL_ENV = os.path.join(HERE, '.venv-trl')
@@ -86,7 +89,7 @@ def run_ours(folder: str, spec_path: str, iterations: int, out: str) -> None:
   import jax.numpy as jnp
   from flax import nnx
 
-  from rlaif_jax import pretrained, rl, rl_loop, sampling, safetensors_io
+  from rlaif_jax import pretrained, rl, rl_loop, sampling, safetensors_io, train
   from rlaif_jax import reward_model as rm
   from rlaif_jax import sharding as shd
   with open(spec_path) as f:
@@ -105,7 +108,7 @@ def run_ours(folder: str, spec_path: str, iterations: int, out: str) -> None:
                     value_model='separate', kl_coef=spec['kl_coef'], vf_coef=spec['vf_coef'],
                     clip_eps=spec['clip_eps'], value_clip=spec['value_clip'])
   settings = sampling.SamplingConfig(spec['new_tokens'], temperature=spec['temperature'])
-  optimizer = rm.make_optimizer(spec['learning_rate'], iterations * spec['epochs'])
+  optimizer = train.make_optimizer(spec['learning_rate'], iterations * spec['epochs'])
   loop = rl_loop.RLLoop(policy, mesh, cfg, settings, optimizer, scorer, value, tok.pad_token_id)
   length = max(map(len, spec['prompts']))
   tokens, valid = sampling.left_pad(spec['prompts'], length, tok.pad_token_id)
@@ -149,6 +152,8 @@ def main():
   work = tempfile.mkdtemp(prefix='bench_ppo_')
   folder, spec = prepare(work)
   results = {}
+  with open(os.path.join(work, 'glibc_tunables.txt'), 'w') as f:
+    f.write(host.allocator_env()['GLIBC_TUNABLES'])
   ours_cmd = [sys.executable, '-m', 'bench.ppo', '--side', 'ours', '--spec', spec]
   sides = [('rlaif_jax', ours_cmd, 1), ('TRL', [trl_python, os.path.join(HERE, 'ppo_trl.py'),
                                                 '--prompts', spec], None)]
@@ -156,7 +161,7 @@ def main():
     sides.insert(1, (f'rlaif_jax data={os.cpu_count()}', ours_cmd, os.cpu_count()))
   for side, cmd, devices in sides:
     out = os.path.join(work, f'{side.replace(" ", "_")}.json')
-    env = dict(os.environ)
+    env = host.allocator_env()  # the same for both sides
     if devices:
       env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
     subprocess.run(cmd + ['--folder', folder, '--iterations', str(args.iterations), '--out', out],
@@ -172,6 +177,8 @@ def report(work: str, results: dict, iterations: int) -> None:
   steady = lambda r, k='seconds': float(np.median(r[k][1:]))
   with open(os.path.join(work, 'prompts.json')) as f:
     p = max(map(len, json.load(f)['prompts']))
+  tunables_file = os.path.join(work, 'glibc_tunables.txt')
+  tunables = open(tunables_file).read() if os.path.exists(tunables_file) else 'not recorded'
   print(f'\nPPO iteration, SmolLM2-135M-Instruct as policy / reference / value / reward model, float32, '
         f'batch {len(PROMPTS)} x prompt {p} -> {SETTINGS["new_tokens"]} new tokens, '
         f'{SETTINGS["epochs"]} epochs x {SETTINGS["minibatches"]} minibatch, {os.cpu_count()} CPU '
@@ -186,7 +193,8 @@ def report(work: str, results: dict, iterations: int) -> None:
     print(f'{name:<18}{steady(r):>15.1f}{r["seconds"][0]:>12.1f}{roll:>10.1f}{split}'
           f'{r["peak_rss_mb"]:>13.0f}{steady(trl) / steady(r):>11.2f}x')
   print('first iter: rlaif_jax compiles its jitted steps in it; TRL warms up. Peak RSS: each side '
-        'in its own process, including its four models and optimizer state.')
+        'in its own process, including its four models and optimizer state. GLIBC_TUNABLES for both: '
+        f'{tunables or "(none)"}')
 
 
 if __name__ == '__main__':

@@ -17,3 +17,123 @@ def logical_axis_rules() -> list:
   in a config (or on the command line) to change a layout; a name without a rule is an error, never
   silently replicated."""
   return [list(rule) for rule in shd.DEFAULT_RULES]
+
+
+def sampling(max_new_tokens: int = 64, temperature: float = 1.0, top_k: int = 0,
+             top_p: float = 1.0) -> ml_collections.ConfigDict:
+  """How a stage samples: new tokens, temperature (0 = greedy), top-k (0 = off), top-p (1 = off)."""
+  return ml_collections.ConfigDict(dict(max_new_tokens=max_new_tokens, temperature=temperature,
+                                        top_k=top_k, top_p=top_p))
+
+
+def pipeline(model_source: str) -> ml_collections.ConfigDict:
+  """Every field the pipeline reads, with defaults; configs change what differs. See
+  `rlaif_jax/pipeline.py` for what each stage does and leaves in the workdir."""
+  c = ml_collections.ConfigDict()
+  c.stages = ('label', 'reward_model', 'rl', 'eval', 'export')  # run in this order
+  c.seed = 0  # every PRNG key and shuffle of the run derives from this
+
+  c.model = ml_collections.ConfigDict()
+  c.model.source = model_source  # 'smollm2' (embedded), a .gguf file, or a Hugging Face folder
+  c.model.param_dtype = 'float32'  # float32 | bfloat16: how parameters are stored
+  c.model.dtype = 'float32'  # float32 | bfloat16: matmul/activation dtype
+
+  c.mesh = mesh(data=-1)
+  c.logical_axis_rules = logical_axis_rules()
+  c.distributed = 'auto'  # auto | always | never: jax.distributed.initialize (rlaif_jax/distributed.py)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = 'inline'  # inline | chatterbot | /path/prompts.jsonl | tfds:NAME[:SPLIT]
+  c.data.prompts = ()  # for source=inline
+  c.data.prompt_field = 'prompt'  # the JSONL / TFDS field holding the prompt
+  c.data.tfds_data_dir = ''  # where TFDS datasets are prepared ('' = TFDS's default)
+  c.data.max_prompts = 0  # 0 = all
+  c.data.num_heldout = 8  # prompts kept out of training, for evaluation
+
+  c.judge = ml_collections.ConfigDict()
+  c.judge.source = ''  # '' = model.source
+  c.judge.task = 'helpful'  # summarization | helpful | harmless
+  c.judge.preamble = 'base'  # base | detailed
+  c.judge.debias = True  # score both orders and average
+  c.judge.chat_template = True
+  c.judge.max_response_tokens = 256
+  c.judge.max_context_tokens = 512
+  c.judge.constitution = ''  # a principles file (one per line), e.g. configs/constitutions/harmless.txt
+
+  c.sft = ml_collections.ConfigDict()
+  c.sft.data = 'revisions'  # a JSONL of demonstrations, or 'revisions' (constitutional revisions)
+  c.sft.prompt_field = 'prompt'
+  c.sft.response_field = 'response'
+  c.sft.num_examples = 64  # prompts revised when data='revisions'
+  c.sft.steps = 50
+  c.sft.batch_size = 8
+  c.sft.learning_rate = 1e-5
+  c.sft.warmup_steps = 5
+  c.sft.prompt_length = 128
+  c.sft.response_length = 128
+  c.sft.sampling = sampling(128, temperature=0.7)  # responses, critiques and revisions
+
+  c.label = ml_collections.ConfigDict()
+  c.label.num_prompts = 0  # train prompts labeled (two sampled responses each); 0 = all
+  c.label.batch_size = 8
+  c.label.sampling = sampling(64, temperature=1.0)
+
+  c.reward_model = ml_collections.ConfigDict()
+  c.reward_model.source = ''  # '' = model.source (the backbone gets a scalar head)
+  c.reward_model.steps = 100
+  c.reward_model.batch_size = 8
+  c.reward_model.learning_rate = 1e-5
+  c.reward_model.warmup_steps = 10
+  c.reward_model.max_length = 256  # prompt + response tokens (longer pairs keep their end)
+  c.reward_model.eval_fraction = 0.1  # labeled pairs held out for accuracy
+
+  c.rl = ml_collections.ConfigDict()
+  c.rl.algorithm = 'ppo'  # ppo | reinforce | rloo
+  c.rl.reward = 'reward_model'  # reward_model (RLAIF) | judge (d-RLAIF)
+  c.rl.value_model = 'shared'  # shared | separate (PPO only)
+  c.rl.iterations = 20
+  c.rl.batch_size = 8  # prompts per iteration (each sampled samples_per_prompt times)
+  c.rl.samples_per_prompt = 1
+  c.rl.epochs = 2
+  c.rl.minibatches = 2
+  c.rl.learning_rate = 1e-6
+  c.rl.warmup_steps = 0
+  c.rl.clip_eps = 0.2
+  c.rl.value_clip = 0.2
+  c.rl.vf_coef = 0.1
+  c.rl.entropy_coef = 0.0
+  c.rl.gamma = 1.0
+  c.rl.lam = 0.95
+  c.rl.kl_estimator = 'k1'  # k1 | k2 | k3 | abs
+  c.rl.kl_coef = 0.05
+  c.rl.kl_target = 0.0  # > 0: adaptive KL controller
+  c.rl.kl_horizon = 10000.0
+  c.rl.whiten_advantages = True
+  c.rl.missing_eos_penalty = 0.0
+  c.rl.prompt_length = 128  # prompts are left-padded (or cut at the front) to this
+  c.rl.sampling = sampling(64, temperature=0.7)
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_prompts = 0  # held-out prompts evaluated; 0 = all
+  c.eval.sampling = sampling(64, temperature=0.0)
+  c.eval.human_pairs = ''  # optional JSONL of human-labeled pairs for judge-human alignment
+  c.eval.human_pairs_limit = 0
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.interval = 10  # steps (RL: iterations) between checkpoints
+  c.checkpoint.keep = 2
+  c.checkpoint.async_save = True
+  c.checkpoint.restore_from = ''  # WORKDIR/<stage>/checkpoints[/<step>] to start that stage from
+
+  c.train = ml_collections.ConfigDict()
+  c.train.max_nonfinite_steps = 3  # more skipped (non-finite) updates in a row stop the run
+
+  c.generate = ml_collections.ConfigDict()
+  c.generate.prompts = ('What is the capital of France?',)
+  c.generate.chat_template = True
+  c.generate.max_new_tokens = 64
+  c.generate.temperature = 0.0
+  c.generate.top_k = 0
+  c.generate.top_p = 1.0
+  c.generate.prompt_buckets = (64, 128, 256, 512)
+  return c

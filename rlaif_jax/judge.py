@@ -219,8 +219,9 @@ class Judge:
     def fn(state, prompt, valid, options, options_valid):
       return option_log_probs(nnx.merge(graphdef, state), prompt, valid, options, options_valid)
 
-    self._scorer = shd.on_mesh(jax.jit(fn, in_shardings=(state_sh, batch, batch, repl, repl),
-                                       out_shardings=batch), mesh)
+    shardings = (state_sh, batch, batch, repl, repl)
+    self._scorer = shd.on_mesh(jax.jit(fn, in_shardings=shardings, out_shardings=batch), mesh,
+                               shardings)
     self.truncated = 0
 
   def _single_tokens(self, texts: Sequence[str]) -> list[int]:

@@ -9,6 +9,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from rlaif_jax import host
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:args]).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where outputs, checkpoints and metrics go.')
@@ -18,8 +20,10 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from rlaif_jax import pipeline  # after flag parsing, so --help is fast
-  pipeline.run(_CONFIG.value, _WORKDIR.value)
+  from rlaif_jax import distributed, pipeline  # after flag parsing, so --help is fast
+  config = _CONFIG.value
+  distributed.initialize(config.get('distributed', 'auto'))  # before anything touches a device
+  pipeline.run(config, _WORKDIR.value)
 
 
 USER_ERRORS = (ValueError, KeyError, AttributeError, FileNotFoundError, NotImplementedError)
@@ -48,4 +52,5 @@ def run():
 
 
 if __name__ == '__main__':
+  host.reexec_with_allocator_tunables()  # before jax allocates anything; see host.py
   run()

@@ -7,19 +7,17 @@ prompt + response. The train step is one jitted, sharded function that donates i
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 
+from rlaif_jax import checkpoints
 from rlaif_jax import model as model_lib
-from rlaif_jax import sharding as shd
+from rlaif_jax import train
 
 
 def preference_loss(r_a: jax.Array, r_b: jax.Array, p_a: jax.Array) -> jax.Array:
@@ -52,83 +50,18 @@ def pair_rewards(model: model_lib.Transformer, batch: Batch) -> tuple[jax.Array,
   return jnp.split(r, 2)
 
 
-def make_optimizer(learning_rate: float, total_steps: int, warmup_steps: int = 0,
-                   weight_decay: float = 0.0, clip_norm: float = 1.0) -> optax.GradientTransformation:
-  """AdamW with linear warmup and cosine decay, after global-norm gradient clipping."""
-  schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(warmup_steps, 1),
-                                                max(total_steps, warmup_steps + 1))
-  return optax.chain(optax.clip_by_global_norm(clip_norm),
-                     optax.adamw(schedule, weight_decay=weight_decay))
-
-
-class TrainState(NamedTuple):
-  params: Any  # nnx.State of the model's parameters
-  opt_state: Any
-  step: jax.Array
-
-
-Models = Any  # a Transformer, or a dict of them trained together (policy + separate value model)
-
-
-def model_params(models: Models) -> Any:
-  """The trainable parameters: an nnx.State, or a dict of them for a dict of models."""
-  if isinstance(models, dict):
-    return {name: nnx.state(m, nnx.Param) for name, m in models.items()}
-  return nnx.state(models, nnx.Param)
-
-
-def init_state(models: Models, optimizer: optax.GradientTransformation) -> TrainState:
-  params = model_params(models)
-  return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
-
-
-def train_state_shardings(models: Models, optimizer: optax.GradientTransformation,
-                          mesh: jax.sharding.Mesh) -> TrainState:
-  """Shardings of a TrainState: parameters by each model's rules, optimizer moments like the
-  parameters they track, counters replicated."""
-  abstract = jax.eval_shape(lambda: init_state(models, optimizer))
-  if isinstance(models, dict):
-    param_sh = {name: shd.state_shardings(abstract.params[name], mesh, m.cfg.logical_axis_rules)
-                for name, m in models.items()}
-  else:
-    param_sh = shd.state_shardings(abstract.params, mesh, models.cfg.logical_axis_rules)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  opt_sh = optax.tree_map_params(optimizer, lambda _, sh: sh, abstract.opt_state, param_sh,
-                                 transform_non_params=lambda _: replicated,
-                                 is_leaf=lambda x: isinstance(x, nnx.Variable))
-  return TrainState(param_sh, opt_sh, replicated)
+def rm_loss(model: model_lib.Transformer, batch: Batch):
+  """Soft Bradley-Terry loss of a batch of pairs, with agreement and mean reward as metrics."""
+  r_a, r_b = pair_rewards(model, batch)
+  loss = preference_loss(r_a, r_b, batch.p_a)
+  agree = jnp.mean(((r_a > r_b) == (batch.p_a > 0.5)).astype(jnp.float32))
+  return loss, {'loss': loss, 'accuracy': agree, 'reward_mean': jnp.mean(jnp.concatenate([r_a, r_b]))}
 
 
 def make_train_step(model: model_lib.Transformer, optimizer: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh):
-  """`step(state, batch) -> (state, metrics)`, jitted with explicit shardings; donates the state.
-  `step.init()` gives the initial TrainState, sharded as the step expects."""
-  graphdef, _, rest = nnx.split(model, nnx.Param, ...)
-
-  def loss_fn(params, batch):
-    r_a, r_b = pair_rewards(nnx.merge(graphdef, params, rest), batch)
-    loss = preference_loss(r_a, r_b, batch.p_a)
-    agree = jnp.mean(((r_a > r_b) == (batch.p_a > 0.5)).astype(jnp.float32))
-    return loss, {'loss': loss, 'accuracy': agree, 'reward_mean': jnp.mean(jnp.concatenate([r_a, r_b]))}
-
-  def step(state: TrainState, batch: Batch):
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, batch)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics['grad_norm'] = optax.tree.norm(grads)
-    return TrainState(params, opt_state, state.step + 1), metrics
-
-  state_sh = train_state_shardings(model, optimizer, mesh)
-  rules = model.cfg.logical_axis_rules
-  batch_sh = jax.sharding.NamedSharding(mesh, shd.logical_to_spec(('batch',), rules, None, mesh))
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  jitted = jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
-                   donate_argnums=(0,))
-
-  call = shd.on_mesh(jitted, mesh)
-  # the initial state placed with the step's shardings, so the first call does not compile twice
-  call.init = lambda: jax.device_put(init_state(model, optimizer), state_sh)
-  return call
+  """The reward model's jitted, sharded, donating train step (see `train.make_step`)."""
+  return train.make_step(model, optimizer, mesh, rm_loss)
 
 
 def make_reward_fn(model: model_lib.Transformer):
@@ -191,33 +124,13 @@ STATS_FILE = 'reward_stats.json'
 
 
 def save(directory: str, params: Any, stats: RewardStats, extra: dict | None = None) -> None:
-  """Write a reward model: parameters (Orbax) and its normalisation statistics (JSON) side by side.
-  The statistics are written last, so a directory with them holds a complete model."""
-  directory = os.path.abspath(directory)
-  ckpt = ocp.StandardCheckpointer()
-  ckpt.save(os.path.join(directory, 'params'), nnx.to_pure_dict(params), force=True)
-  ckpt.wait_until_finished()
-  if jax.process_index() == 0:
-    tmp = os.path.join(directory, STATS_FILE + '.tmp')
-    with open(tmp, 'w') as f:
-      json.dump({**stats._asdict(), **(extra or {})}, f, indent=1)
-    os.replace(tmp, os.path.join(directory, STATS_FILE))
+  """Write a reward model: parameters (Orbax) and its normalisation statistics (JSON, written last,
+  so a directory with them holds a complete model)."""
+  checkpoints.save_params(directory, params, {**stats._asdict(), **(extra or {})}, STATS_FILE)
 
 
 def restore(directory: str, model: model_lib.Transformer, mesh: jax.sharding.Mesh
             ) -> tuple[Any, RewardStats]:
   """(parameters placed with the model's shardings, stats) from a directory written by `save`."""
-  directory = os.path.abspath(directory)
-  stats_path = os.path.join(directory, STATS_FILE)
-  if not os.path.exists(stats_path):
-    raise FileNotFoundError(f'No complete reward model in {directory} (missing {STATS_FILE}); '
-                            f'train one first (stage reward_model) or fix the path.')
-  params = nnx.state(model, nnx.Param)
-  sh = shd.state_shardings(params, mesh, model.cfg.logical_axis_rules)
-  target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
-                        nnx.to_pure_dict(params), nnx.to_pure_dict(sh))
-  restored = ocp.StandardCheckpointer().restore(os.path.join(directory, 'params'), target)
-  nnx.replace_by_pure_dict(params, restored)
-  with open(stats_path) as f:
-    meta = json.load(f)
+  params, meta = checkpoints.restore_params(directory, model, mesh, STATS_FILE, 'reward model')
   return params, RewardStats(meta['mean'], meta['std'])

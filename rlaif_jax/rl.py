@@ -20,7 +20,7 @@ from flax import nnx
 from rlaif_jax import model as model_lib
 from rlaif_jax import ppo, sampling
 from rlaif_jax import sharding as shd
-from rlaif_jax.reward_model import TrainState, init_state, train_state_shardings
+from rlaif_jax.train import TrainState, apply_gradients, init_state, train_state_shardings
 
 ALGORITHMS = ('ppo', 'reinforce', 'rloo')
 REWARDS = ('reward_model', 'judge')
@@ -157,13 +157,16 @@ def make_update(model: model_lib.Transformer, optimizer: optax.GradientTransform
     def step(state, idx):
       take = lambda x: jnp.take(x, idx, axis=0)
       mb = jax.tree.map(take, r)
-      grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, mb, take(adv), take(returns))
-      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.params, mb, take(adv), take(returns))
+      state, metrics['skipped'] = apply_gradients(optimizer, state, grads, loss)
       metrics['grad_norm'] = optax.tree.norm(grads)
-      return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), metrics
+      return state, metrics
 
     state, metrics = jax.lax.scan(step, state, order)
+    skipped = jnp.sum(metrics.pop('skipped'))
     metrics = jax.tree.map(jnp.mean, metrics)
+    metrics['skipped'] = skipped  # minibatch steps left out for a non-finite loss or gradient
     seq_kl = jnp.sum(kl * r.mask, axis=1)
     metrics.update(score=jnp.mean(r.scores), kl=jnp.mean(seq_kl),
                    response_length=jnp.mean(jnp.sum(r.mask, axis=1)))
@@ -175,8 +178,9 @@ def make_update(model: model_lib.Transformer, optimizer: optax.GradientTransform
   state_sh = train_state_shardings(models, optimizer, mesh)
   repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch = jax.sharding.NamedSharding(mesh, shd.logical_to_spec(('batch',), rules, None, mesh))
-  jitted = shd.on_mesh(jax.jit(update, in_shardings=(state_sh, batch, repl, repl),
-                               out_shardings=(state_sh, repl), donate_argnums=(0,)), mesh)
+  shardings = (state_sh, batch, repl, repl)
+  jitted = shd.on_mesh(jax.jit(update, in_shardings=shardings, out_shardings=(state_sh, repl),
+                               donate_argnums=(0,)), mesh, shardings)
 
   def call(state, rollout, kl_coef, key):
     return jitted(state, rollout, jnp.asarray(kl_coef, jnp.float32), key)

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from rlaif_jax import model as model_lib
-from rlaif_jax import ppo, rl, sampling
+from rlaif_jax import ppo, rl, sampling, train
 from rlaif_jax import reward_model as rm
 
 
@@ -138,11 +138,11 @@ class RLLoop:
     if self.separate_value:
       self.values = sampling.jit_response_fn(value_model, mesh, rl.token_values)
 
-  def init(self) -> rm.TrainState:
+  def init(self) -> train.TrainState:
     return self.update.init()
 
-  def iteration(self, state: rm.TrainState, ref_params: Any, kl_coef: float, prompts: Prompts,
-                key: jax.Array) -> tuple[rm.TrainState, float, dict[str, float]]:
+  def iteration(self, state: train.TrainState, ref_params: Any, kl_coef: float, prompts: Prompts,
+                key: jax.Array) -> tuple[train.TrainState, float, dict[str, float]]:
     """One iteration on a prompt batch (each prompt repeated rl.samples_per_prompt times).
     Returns (new state, next KL coefficient, metrics as floats)."""
     cfg = self.cfg

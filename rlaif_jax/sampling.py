@@ -228,8 +228,8 @@ def make_sampler(model: model_lib.Transformer, mesh: jax.sharding.Mesh, cfg: Sam
   def fn(state, prompt, prompt_valid, key):
     return sample(nnx.merge(graphdef, state), prompt, prompt_valid, key, cfg, pad_id)
 
-  jitted = jax.jit(fn, in_shardings=(state_sh, batch, batch, repl), out_shardings=batch)
-  return shd.on_mesh(jitted, mesh)
+  shardings = (state_sh, batch, batch, repl)
+  return shd.on_mesh(jax.jit(fn, in_shardings=shardings, out_shardings=batch), mesh, shardings)
 
 
 def jit_response_fn(model: model_lib.Transformer, mesh: jax.sharding.Mesh, fn: Callable):
@@ -238,9 +238,10 @@ def jit_response_fn(model: model_lib.Transformer, mesh: jax.sharding.Mesh, fn: C
   [B, ...] inputs and outputs over the batch axes, run with the mesh set."""
   graphdef = nnx.graphdef(model)
   state_sh, batch, _ = _shardings(model, mesh)
-  jitted = jax.jit(lambda state, *xs: fn(nnx.merge(graphdef, state), *xs),
-                   in_shardings=(state_sh,) + (batch,) * 4, out_shardings=batch)
-  return shd.on_mesh(jitted, mesh)
+  shardings = (state_sh,) + (batch,) * 4
+  jitted = jax.jit(lambda state, *xs: fn(nnx.merge(graphdef, state), *xs), in_shardings=shardings,
+                   out_shardings=batch)
+  return shd.on_mesh(jitted, mesh, shardings)
 
 
 def make_scorer(model: model_lib.Transformer, mesh: jax.sharding.Mesh, temperature: float = 1.0):

@@ -165,11 +165,26 @@ def fill_batch(rows: list, multiple: int) -> list:
   return rows + [rows[0]] * (-len(rows) % multiple)
 
 
-def on_mesh(jitted: Callable, mesh: Mesh) -> Callable:
+def global_arrays(args: tuple, in_shardings: tuple) -> tuple:
+  """Host (NumPy) inputs as global arrays with their shardings, for multi-process runs: every
+  process holds the same full host value and contributes the shards of its own devices."""
+
+  def put(sh, subtree):
+    return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sh, lambda i: x[i])
+                        if isinstance(x, np.ndarray) else x, subtree)
+
+  return tuple(jax.tree.map(put, sh, a, is_leaf=lambda x: isinstance(x, NamedSharding))
+               for sh, a in zip(in_shardings, args))
+
+
+def on_mesh(jitted: Callable, mesh: Mesh, in_shardings: tuple | None = None) -> Callable:
   """Call a jitted step with the mesh set (activation constraints need it); keeps `.jitted` for
-  compile counting (`fn.jitted._cache_size()`)."""
+  compile counting (`fn.jitted._cache_size()`). With several processes, host inputs are made global
+  arrays first (`in_shardings`: the jit's, one entry per argument)."""
 
   def call(*args):
+    if in_shardings is not None and jax.process_count() > 1:
+      args = global_arrays(args, in_shardings)
     with jax.set_mesh(mesh):
       return jitted(*args)
 

@@ -29,7 +29,7 @@ def test_generate_demo_runs_end_to_end(tmp_path):
     ('--config.generate.max_new_tokns=3', 'unknown config key .*Did you mean "max_new_tokens"'),
     ('--config.model.source=/no/such/folder', 'neither .*smollm2.*Set config.model.source'),
     ('--config.mesh.tensor=3', r'does not fit 1 devices.*--config.mesh'),
-    ("--config.stages=('generate','rl')", "Stage 'rl' is not built yet"),
+    ("--config.stages=('generate','dance')", r"Unknown stage\(s\) \['dance'\] in config.stages"),
 ])
 def test_bad_input_is_one_line_error(tmp_path, flag, expected):
   import re

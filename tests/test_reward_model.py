@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from rlaif_jax import checkpoint_hf, pretrained, rl_loop
+from rlaif_jax import checkpoint_hf, pretrained, rl_loop, train
 from rlaif_jax import model as model_lib
 from rlaif_jax import reward_model as rm
 from rlaif_jax import sharding as shd
@@ -43,7 +43,7 @@ def test_preference_loss_values():
 def test_tiny_reward_model_learns_a_synthetic_preference():
   mesh = one_device()
   model = pretrained.random_model(CFG, 0, mesh)
-  opt = rm.make_optimizer(3e-3, total_steps=250, warmup_steps=20)
+  opt = train.make_optimizer(3e-3, total_steps=250, warmup_steps=20)
   step = rm.make_train_step(model, opt, mesh)
   state = step.init()
   rng = np.random.default_rng(0)

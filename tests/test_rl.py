@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rlaif_jax import pretrained, rl, rl_loop, sampling
+from rlaif_jax import pretrained, rl, rl_loop, sampling, train
 from rlaif_jax import model as model_lib
-from rlaif_jax import reward_model as rm
 from rlaif_jax import sharding as shd
 
 CFG = model_lib.ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2,
@@ -29,14 +28,14 @@ def target_scorer(x: rl_loop.ScoreInputs) -> rl_loop.Scored:
   return rl_loop.Scored(s, s)
 
 
-def train(cfg: rl.RLConfig, iterations: int, batch: int = 32, stop_tokens=()):
+def run_loop(cfg: rl.RLConfig, iterations: int, batch: int = 32, stop_tokens=()):
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
   policy = pretrained.random_model(CFG, 0, mesh)
   reference = jax.tree.map(jnp.copy, nnx.state(policy))  # frozen copy of the starting parameters
   value_model = pretrained.random_model(CFG, 1, mesh) if cfg.value_model == 'separate' else None
   settings = sampling.SamplingConfig(6, temperature=1.0, stop_tokens=stop_tokens)
   loop = rl_loop.RLLoop(policy, mesh, cfg, settings,
-                        rm.make_optimizer(1e-2, iterations * 4, 2, clip_norm=1.0), target_scorer,
+                        train.make_optimizer(1e-2, iterations * 4, 2, clip_norm=1.0), target_scorer,
                         value_model)
   state = loop.init()
   rng = np.random.default_rng(0)
@@ -56,7 +55,7 @@ def train(cfg: rl.RLConfig, iterations: int, batch: int = 32, stop_tokens=()):
                                  rl.RLConfig('rloo', samples_per_prompt=4, kl_coef=0.02)],
                          ids=['ppo', 'rloo'])
 def test_policy_learns_the_target_token_with_bounded_kl(cfg):
-  history, loop = train(cfg, iterations=30)
+  history, loop = run_loop(cfg, iterations=30)
   start = np.mean([h['score'] for h in history[:3]])
   end = np.mean([h['score'] for h in history[-3:]])
   assert end > start + 0.3, (start, end)  # from ~1/32 to a clear majority of target tokens
@@ -69,14 +68,14 @@ def test_policy_learns_the_target_token_with_bounded_kl(cfg):
   # The KL leash: a deterministic all-target policy is ~21 nats from the reference over 6 tokens;
   # a 10x larger coefficient keeps the policy within a few nats of it.
   assert max(h['kl'] for h in history) < 25.0
-  leashed, _ = train(dataclasses.replace(cfg, kl_coef=0.2), iterations=30)
+  leashed, _ = run_loop(dataclasses.replace(cfg, kl_coef=0.2), iterations=30)
   assert max(h['kl'] for h in leashed) < 5.0
   assert np.mean([h['kl'] for h in leashed[-5:]]) < np.mean([h['kl'] for h in history[-5:]]) / 3
 
 
 def test_ppo_with_a_separate_value_model_and_adaptive_kl():
   cfg = rl.RLConfig('ppo', value_model='separate', kl_coef=0.01, kl_target=2.0, kl_horizon=200)
-  history, loop = train(cfg, iterations=30)
+  history, loop = run_loop(cfg, iterations=30)
   start = np.mean([h['score'] for h in history[:3]])
   end = np.mean([h['score'] for h in history[-3:]])
   assert end > start + 0.3, (start, end)
@@ -132,7 +131,7 @@ def test_missing_stop_penalty():
                              [1.0, 0.5, 1.0])
   # in the loop: a policy that is penalised for never stopping learns to emit the stop token
   cfg = rl.RLConfig('rloo', samples_per_prompt=4, kl_coef=0.0, missing_eos_penalty=1.0)
-  history, _ = train(cfg, iterations=15, stop_tokens=(TARGET,))
+  history, _ = run_loop(cfg, iterations=15, stop_tokens=(TARGET,))
   assert history[-1]['stopped_fraction'] > history[0]['stopped_fraction'] + 0.3
   assert all(h['kl_k1'] == h['kl'] for h in history)  # the estimator is recorded with the KL
   assert history[0]['score'] < -0.5  # most early responses never stop and are penalised

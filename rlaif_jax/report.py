@@ -1,0 +1,99 @@
+"""The evaluation report: win rate with a bootstrap confidence interval, plots of training metrics
+(PNG, matplotlib without a display) and a markdown summary in `<workdir>/eval/`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from rlaif_jax import metrics
+
+
+def win_rate(p_policy_better: np.ndarray, consistent: np.ndarray, resamples: int = 2000,
+             seed: int = 0) -> dict[str, Any]:
+  """Per prompt: 1 if the judge prefers the policy (p > 0.5, averaged over both orders), 0.5 on an
+  exact tie, 0 otherwise. The win rate is their mean, with a seeded bootstrap 95% interval."""
+  p = np.asarray(p_policy_better, np.float64)
+  score = np.where(p > 0.5, 1.0, np.where(p < 0.5, 0.0, 0.5))
+  rng = np.random.default_rng(seed)
+  means = score[rng.integers(0, len(score), (resamples, len(score)))].mean(axis=1)
+  lo, hi = np.percentile(means, [2.5, 97.5])
+  return {'win_rate': float(score.mean()), 'win_rate_ci95': [float(lo), float(hi)],
+          'wins': int((p > 0.5).sum()), 'ties': int((p == 0.5).sum()), 'losses': int((p < 0.5).sum()),
+          'mean_p_policy_better': float(p.mean()),
+          'judge_position_consistency': float(np.mean(consistent))}
+
+
+def plot(rows: list[dict], keys: tuple[str, ...], title: str, path: str) -> str | None:
+  """One panel per metric against the step; None when there is nothing to plot."""
+  keys = tuple(k for k in keys if any(isinstance(r.get(k), float) for r in rows))
+  if not keys:
+    return None
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+  for ax, k in zip(axes[0], keys):
+    pts = [(r['step'], r[k]) for r in rows if isinstance(r.get(k), float)]
+    ax.plot(*zip(*pts), marker='.')
+    ax.set_title(k)
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def write(workdir: str, results: dict[str, Any]) -> str:
+  """eval/report.md with the results, the RL and reward-model curves and a win-rate chart."""
+  out = os.path.join(workdir, 'eval')
+  os.makedirs(out, exist_ok=True)
+  figures = [
+      plot(metrics.read(workdir, 'rl'), ('reward', 'kl', 'entropy'), 'RL: reward (normalised), '
+           'KL to the reference, entropy', os.path.join(out, 'rl_reward_kl.png')),
+      plot(metrics.read(workdir, 'reward_model'), ('loss', 'accuracy'), 'Reward model training',
+           os.path.join(out, 'reward_model.png')),
+      _win_chart(results, os.path.join(out, 'win_rate.png')),
+  ]
+  lines = ['# Evaluation', '', f'Held-out prompts: {results["prompts"]}; policy from '
+           f'`{results["policy_from"]}`, reference from `{results["reference_from"]}`.', '',
+           '| metric | value |', '|---|---|']
+  lo, hi = results['win_rate_ci95']
+  lines.append(f'| win rate vs reference (judge, both orders) | {results["win_rate"]:.3f} '
+               f'(95% CI {lo:.3f}-{hi:.3f}) |')
+  lines.append(f'| wins / ties / losses | {results["wins"]} / {results["ties"]} / '
+               f'{results["losses"]} |')
+  lines.append(f'| judge position consistency | {results["judge_position_consistency"]:.3f} |')
+  for k in ('harmless_rate_policy', 'harmless_rate_reference'):
+    if k in results:
+      lines.append(f'| {k.replace("_", " ")} | {results[k]:.3f} |')
+  if 'judge_human_alignment' in results:
+    a = results['judge_human_alignment']
+    lines.append(f'| judge-human agreement | {a["agreement"]:.3f} on {a["pairs"]} pairs |')
+  lines.append('')
+  lines += [f'![{os.path.basename(f)}]({os.path.basename(f)})' for f in figures if f]
+  path = os.path.join(out, 'report.md')
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return path
+
+
+def _win_chart(results: dict[str, Any], path: str) -> str:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(4, 3))
+  lo, hi = results['win_rate_ci95']
+  w = results['win_rate']
+  ax.bar(['policy vs reference'], [w], yerr=[[w - lo], [hi - w]], capsize=8)
+  ax.axhline(0.5, color='grey', linestyle='--', linewidth=1)
+  ax.set_ylim(0, 1)
+  ax.set_ylabel('win rate (95% CI)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path

@@ -1,0 +1,199 @@
+"""The whole pipeline on a tiny random model: every stage, exact resume after SIGKILL, SIGTERM."""
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from rlaif_jax import checkpoint_hf, metrics, pipeline, pretrained
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING = ('time_', 'share_', 'seconds')
+
+
+def finite_rows(rows, keys):
+  for r in rows:
+    for k in keys:
+      assert isinstance(r[k], float) and math.isfinite(r[k]), (k, r)
+
+
+def test_every_stage_on_a_tiny_config(tmp_path, tiny_hf_folder):
+  config = tiny.get_config()
+  config.model.source = tiny_hf_folder
+  summaries = pipeline.run(config, str(tmp_path))
+  assert list(summaries) == list(config.stages)
+
+  # sft: revisions of the policy's own responses, then fine-tuning on them
+  revisions = [json.loads(line) for line in open(tmp_path / 'sft' / 'revisions.jsonl')]
+  assert len(revisions) == config.sft.num_examples and all(r['principle'] for r in revisions)
+  assert (tmp_path / 'sft' / 'policy' / 'DONE.json').exists()
+  # label: two responses for each of the 16 train prompts, judged in both orders
+  label = summaries['label']
+  assert label['pairs'] == 24 - config.data.num_heldout and 0 <= label['position_consistency'] <= 1
+  # reward model: held-out accuracy and statistics
+  rm_info = json.load(open(tmp_path / 'reward_model' / 'model' / 'reward_stats.json'))
+  assert 0 <= rm_info['accuracy_ai'] <= 1 and rm_info['std'] > 0 and rm_info['eval_pairs'] == 4
+  # rl: one finite metrics row per iteration, in metrics.jsonl and TensorBoard
+  rl_rows = metrics.read(str(tmp_path), 'rl')
+  assert [r['step'] for r in rl_rows] == list(range(1, config.rl.iterations + 1))
+  finite_rows(rl_rows, ('reward', 'reward_raw', 'kl', 'entropy', 'approx_kl', 'explained_variance'))
+  assert [r['step'] for r in metrics.read(str(tmp_path), 'reward_model')] == list(range(1, 7))
+  for stage in ('sft', 'reward_model', 'rl'):
+    assert list((tmp_path / 'tensorboard' / stage).glob('events.out.tfevents.*')), stage
+  # eval: win rate with its interval, harmless rates, the report and its plots
+  ev = json.load(open(tmp_path / 'eval' / 'eval.json'))
+  lo, hi = ev['win_rate_ci95']
+  assert ev['prompts'] == 8 and 0 <= lo <= ev['win_rate'] <= hi <= 1
+  assert ev['wins'] + ev['ties'] + ev['losses'] == 8
+  assert ev['policy_from'].endswith('rl/policy') and ev['reference_from'].endswith('sft/policy')
+  assert 0 <= ev['harmless_rate_policy'] <= 1
+  for name in ('report.md', 'rl_reward_kl.png', 'win_rate.png', 'reward_model.png'):
+    assert (tmp_path / 'eval' / name).stat().st_size > 0, name
+  # export: a Hugging Face folder holding exactly the RL policy's parameters
+  exported, _ = pretrained.load_model(str(tmp_path / 'export'))
+  run = pipeline.Run(config, str(tmp_path))
+  trained, _ = run.policy()
+  want, got = checkpoint_hf.host_arrays(trained), checkpoint_hf.host_arrays(exported)
+  assert sorted(want) == sorted(got)
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  base = checkpoint_hf.host_arrays(run.load('')[0])
+  assert sum(not np.array_equal(want[n], base[n]) for n in want) > len(want) // 2  # training moved it
+
+  # a second run finds every output complete and skips every stage
+  again = pipeline.run(config, str(tmp_path))
+  assert again['eval'] == ev and len(metrics.read(str(tmp_path), 'rl')) == len(rl_rows)
+
+
+def _command(workdir, source, *extra):
+  return [sys.executable, '-m', 'rlaif_jax.main', '--config=configs/tiny.py', f'--workdir={workdir}',
+          f'--config.model.source={source}', "--config.stages=('label','reward_model','rl')",
+          '--config.rl.iterations=8', *extra]
+
+
+def _env():
+  return dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+
+
+def _rl_rows(workdir):
+  return [{k: v for k, v in r.items() if not k.startswith(TIMING)}
+          for r in metrics.read(str(workdir), 'rl')]
+
+
+def _wait_for_rl_rows(proc, workdir, n, timeout=300):
+  t0 = time.time()
+  while len(metrics.read(str(workdir), 'rl')) < n:
+    assert proc.poll() is None, f'exited with {proc.returncode}'
+    assert time.time() - t0 < timeout
+    time.sleep(0.2)
+
+
+def test_sigkill_at_a_random_step_then_resume_gives_the_same_result(tmp_path, tiny_hf_folder):
+  straight = tmp_path / 'straight'
+  r = subprocess.run(_command(straight, tiny_hf_folder), cwd=ROOT, env=_env(), capture_output=True,
+                     text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+
+  killed = tmp_path / 'killed'
+  kill_after = random.Random().randint(1, 7)  # RL iterations finished before the kill
+  print("killing after RL iteration", kill_after)
+  log = open(tmp_path / 'killed.log', 'w')  # a file, not a pipe nobody reads while it fills
+  proc = subprocess.Popen(_command(killed, tiny_hf_folder), cwd=ROOT, env=_env(), stdout=log,
+                          stderr=log)
+  _wait_for_rl_rows(proc, killed, kill_after)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert len(metrics.read(str(killed), 'rl')) < 8
+  r = subprocess.run(_command(killed, tiny_hf_folder), cwd=ROOT, env=_env(), capture_output=True,
+                     text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'resumed at iteration' in r.stderr or kill_after < 2, (kill_after, r.stderr[-2000:])
+
+  assert _rl_rows(killed) == _rl_rows(straight), f'killed after iteration {kill_after}'
+  run_a = pipeline.Run(_tiny(tiny_hf_folder), str(straight))
+  run_b = pipeline.Run(_tiny(tiny_hf_folder), str(killed))
+  a, b = (checkpoint_hf.host_arrays(r.policy()[0]) for r in (run_a, run_b))
+  for name in a:
+    np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+
+
+def _tiny(source):
+  config = tiny.get_config()
+  config.model.source = source
+  return config
+
+
+def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_hf_folder):
+  cmd = _command(tmp_path, tiny_hf_folder, '--config.checkpoint.interval=100')
+  with open(tmp_path / 'out.log', 'w') as out, open(tmp_path / 'err.log', 'w') as err:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=out, stderr=err)
+    _wait_for_rl_rows(proc, tmp_path, 2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=300)
+  assert proc.returncode == 143, (tmp_path / 'err.log').read_text()[-3000:]
+  assert 'SIGTERM: saved the checkpoint of step' in (tmp_path / 'out.log').read_text()
+  saved = sorted(int(p.name) for p in (tmp_path / 'rl' / 'checkpoints').iterdir() if p.name.isdigit())
+  assert saved and saved[-1] >= 2  # beyond the first iteration, though the interval is 100
+  r = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert [row['step'] for row in metrics.read(str(tmp_path), 'rl')] == list(range(1, 9))
+
+
+@pytest.mark.parametrize('flag, expected', [
+    ('--config.rl.algorithm=dpo', "Unknown rl.algorithm 'dpo'"),
+    ('--config.checkpoint.restore_from=/no/such/ckpt', 'restore_from.*not an existing checkpoint'),
+    ('--config.data.source=/no/such/prompts.jsonl', 'Prompt file /no/such/prompts.jsonl does not exist'),
+])
+def test_bad_pipeline_input_is_one_line_error(tmp_path, tiny_hf_folder, flag, expected):
+  import re
+  r = subprocess.run(_command(tmp_path, tiny_hf_folder, flag), cwd=ROOT, env=_env(),
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 2, r.stderr[-2000:]
+  errors = [line for line in r.stderr.splitlines() if line.startswith('rlaif_jax: error:')]
+  assert len(errors) == 1 and re.search(expected, errors[0]), r.stderr[-2000:]
+
+
+@pytest.mark.parametrize('name, arg', [
+    ('smollm2_demo', None), ('smollm2_demo', 'rlaif,sample'), ('tldr_summarization', None),
+    ('tldr_summarization', 'drlaif'), ('hh_dialogue', None), ('tiny', None)])
+def test_every_config_builds_and_documents_its_command(name, arg):
+  import importlib
+  module = importlib.import_module(f'configs.{name}')
+  c = module.get_config(arg)
+  assert c.stages and set(c.stages) <= set(pipeline.STAGES)
+  cfg = pipeline.rl_config(c.rl)
+  assert cfg.reward == ('judge' if arg == 'drlaif' else 'reward_model')
+  assert 'python -m rlaif_jax.main --config=configs/' in module.__doc__
+  with pytest.raises(ValueError, match='option'):
+    module.get_config('no_such_option')
+
+
+def test_jsonl_prompts_go_through_tfds_and_bad_rows_are_named(tmp_path):
+  from rlaif_jax import data
+  cfg = tiny.get_config().data
+  good = tmp_path / 'prompts.jsonl'
+  good.write_text('{"text": "first prompt"}\n\n{"text": " second prompt "}\n{"text": "first prompt"}\n')
+  cfg.source, cfg.prompt_field = str(good), 'text'
+  assert data.load_prompts(cfg, str(tmp_path)) == ['first prompt', 'second prompt']
+  assert list((tmp_path / 'data').rglob('*.array_record*'))  # read back through TFDS
+  bad = tmp_path / 'bad.jsonl'
+  bad.write_text('{"text": "ok"}\n{"text": 3}\n')
+  cfg.source = str(bad)
+  with pytest.raises(ValueError, match=r'bad.jsonl:2: no string field .text.'):
+    data.load_prompts(cfg, str(tmp_path))
+  bad.write_text('{"text": "ok"}\n{text: broken\n')
+  with pytest.raises(ValueError, match=r'bad.jsonl:2: not valid JSON'):
+    data.load_prompts(cfg, str(tmp_path))
+  empty = tmp_path / 'empty.jsonl'
+  empty.write_text('\n')
+  cfg.source = str(empty)
+  with pytest.raises(ValueError, match='has no prompts'):
+    data.load_prompts(cfg, str(tmp_path))
