@@ -151,9 +151,14 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_
     ('--config.rl.algorithm=dpo', "Unknown rl.algorithm 'dpo'"),
     ('--config.checkpoint.restore_from=/no/such/ckpt', 'restore_from.*not an existing checkpoint'),
     ('--config.data.source=/no/such/prompts.jsonl', 'Prompt file /no/such/prompts.jsonl does not exist'),
+    ('--config.data.source=TMP/empty.jsonl', 'empty.jsonl has no prompts; add rows like'),
+    ('--config.data.source=TMP/bad.jsonl', r'bad.jsonl:2: not valid JSON'),
 ])
 def test_bad_pipeline_input_is_one_line_error(tmp_path, tiny_hf_folder, flag, expected):
   import re
+  (tmp_path / 'empty.jsonl').write_text('\n')
+  (tmp_path / 'bad.jsonl').write_text('{"prompt": "fine"}\n{"prompt": "unclosed}\n')
+  flag = flag.replace('TMP', str(tmp_path))
   r = subprocess.run(_command(tmp_path, tiny_hf_folder, flag), cwd=ROOT, env=_env(),
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 2, r.stderr[-2000:]
@@ -174,6 +179,18 @@ def test_every_config_builds_and_documents_its_command(name, arg):
   assert 'python -m rlaif_jax.main --config=configs/' in module.__doc__
   with pytest.raises(ValueError, match='option'):
     module.get_config('no_such_option')
+
+
+def test_too_many_non_finite_steps_in_a_row_stop_with_the_checkpoint_named(tmp_path):
+  from rlaif_jax import checkpoints
+  ckpt = checkpoints.Checkpoints(str(tmp_path / 'ckpt'))
+  guard = pipeline.NonFiniteGuard(2, 'rl', ckpt)
+  for step, skipped in enumerate([1, 1, 0, 1, 1], 1):  # a finite step resets the count
+    guard.check(step, skipped)
+  assert guard.total == 4
+  with pytest.raises(FloatingPointError, match=r'3 steps in a row .* last good checkpoint'):
+    guard.check(6, 1.0)
+  ckpt.close()
 
 
 def test_jsonl_prompts_go_through_tfds_and_bad_rows_are_named(tmp_path):
