@@ -57,6 +57,7 @@ class Run:
     self.rules = shd.rules_from_config(config.logical_axis_rules)
     self.key = jax.random.key(config.seed)
     self.terminate = False
+    self.skipped: set[str] = set()  # stages found complete in this run
     self._prompts = None
 
   def path(self, *parts: str) -> str:
@@ -183,6 +184,7 @@ def _save_and_exit(ckpt: checkpoints.Checkpoints, step: int, state: Any, meta: d
 def _done(run: Run, stage: str, marker: str = DONE) -> dict | None:
   info = checkpoints.read_marker(run.path(stage), marker)
   if info is not None:
+    run.skipped.add(stage)
     print(f'[{stage}] complete already ({run.path(stage, marker)}); skipping.', flush=True)
   return info
 
@@ -498,15 +500,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, 
 
   previous = signal.signal(signal.SIGTERM, on_sigterm)
   summaries, seconds = {}, {}
+  before = checkpoints.read_marker(workdir, 'summary.json') or {'seconds': {}}
   try:
     for stage in config.stages:
       logging.info('Stage %s', stage)
       t0 = time.time()
       summaries[stage] = STAGES[stage](r)
       seconds[stage] = time.time() - t0
-      print(f'[{stage}] done in {seconds[stage]:.0f}s', flush=True)
+      if stage in r.skipped:  # the time it took when it ran
+        seconds[stage] = before['seconds'].get(stage, seconds[stage])
+      else:
+        print(f'[{stage}] done in {seconds[stage]:.0f}s', flush=True)
   finally:
     signal.signal(signal.SIGTERM, previous)
   checkpoints.write_json(os.path.join(workdir, 'summary.json'),
                          {'stages': summaries, 'seconds': seconds})
+  if jax.process_index() == 0:
+    from rlaif_jax import report
+    print('\n' + report.summary_table(r.workdir, summaries, seconds), flush=True)
   return summaries

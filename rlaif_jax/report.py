@@ -97,3 +97,42 @@ def _win_chart(results: dict[str, Any], path: str) -> str:
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
+
+
+def summary_table(workdir: str, summaries: dict[str, dict], seconds: dict[str, float]) -> str:
+  """The run at a glance: one row per stage with its headline numbers and wall time."""
+  rows = []
+  for stage, info in summaries.items():
+    rows.append((stage, _headline(workdir, stage, info), f'{seconds.get(stage, 0.0):.0f} s'))
+  width = max(len(r[1]) for r in rows) if rows else 10
+  lines = [f'{"stage":<13}{"result":<{width + 2}}wall time', '-' * (width + 26)]
+  lines += [f'{s:<13}{h:<{width + 2}}{t}' for s, h, t in rows]
+  lines.append(f'{"total":<13}{"":<{width + 2}}{sum(seconds.values()):.0f} s')
+  return '\n'.join(lines)
+
+
+def _headline(workdir: str, stage: str, info: dict) -> str:
+  if stage == 'label':
+    return (f'{info["pairs"]} pairs labeled, judge position consistency '
+            f'{info["position_consistency"]:.2f}, mean confidence {info["mean_confidence"]:.2f}')
+  if stage == 'reward_model':
+    return (f'held-out accuracy vs AI labels {info["accuracy_ai"]:.3f} ({info["pairs_ai"]} pairs), '
+            f'{info["steps"]} steps')
+  if stage == 'rl':
+    rows = metrics.read(workdir, 'rl')
+    if rows:
+      first, last = rows[0], rows[-1]
+      return (f'reward {first["reward"]:.3f} -> {last["reward"]:.3f}, KL {first["kl"]:.3f} -> '
+              f'{last["kl"]:.3f} over {len(rows)} iterations')
+    return f'{info.get("iterations", 0)} iterations'
+  if stage == 'eval':
+    lo, hi = info['win_rate_ci95']
+    return (f'win rate vs reference {info["win_rate"]:.3f} (95% CI {lo:.3f}-{hi:.3f}), '
+            f'{info["prompts"]} held-out prompts')
+  if stage == 'sft':
+    return f'{info["examples"]} examples, {info["steps"]} steps'
+  if stage == 'export':
+    return f'Hugging Face folder {info["folder"]}'
+  if stage == 'generate':
+    return f'{info["responses"]} responses'
+  return ''

@@ -25,11 +25,16 @@ def finite_rows(rows, keys):
       assert isinstance(r[k], float) and math.isfinite(r[k]), (k, r)
 
 
-def test_every_stage_on_a_tiny_config(tmp_path, tiny_hf_folder):
+def test_every_stage_on_a_tiny_config(tmp_path, tiny_hf_folder, capsys):
   config = tiny.get_config()
   config.model.source = tiny_hf_folder
   summaries = pipeline.run(config, str(tmp_path))
   assert list(summaries) == list(config.stages)
+  table = capsys.readouterr().out.split('wall time')[-1]  # the summary printed at the end
+  for words in ('pairs labeled', 'held-out accuracy', 'reward', 'win rate vs reference', 'total'):
+    assert words in table, table
+  timing = json.load(open(tmp_path / 'summary.json'))['seconds']
+  assert set(timing) == set(config.stages) and all(t > 0 for t in timing.values())
 
   # sft: revisions of the policy's own responses, then fine-tuning on them
   revisions = [json.loads(line) for line in open(tmp_path / 'sft' / 'revisions.jsonl')]
@@ -71,6 +76,7 @@ def test_every_stage_on_a_tiny_config(tmp_path, tiny_hf_folder):
   # a second run finds every output complete and skips every stage
   again = pipeline.run(config, str(tmp_path))
   assert again['eval'] == ev and len(metrics.read(str(tmp_path), 'rl')) == len(rl_rows)
+  assert json.load(open(tmp_path / 'summary.json'))['seconds'] == timing  # times of the real runs
 
 
 def _command(workdir, source, *extra):
