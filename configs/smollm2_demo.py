@@ -44,11 +44,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.label.num_prompts = 256
   c.label.batch_size = 16
   c.label.sampling = common.sampling(48, temperature=1.0)
-  c.reward_model.steps = 60
-  c.reward_model.batch_size = 16
+  c.reward_model.steps = 30
+  c.reward_model.batch_size = 8
   c.reward_model.learning_rate = 2e-5
-  c.reward_model.max_length = 128
-  c.rl.iterations = 30
+  c.reward_model.warmup_steps = 3
+  c.reward_model.max_length = 96
+  c.rl.iterations = 20
   c.rl.batch_size = 16
   c.rl.epochs = 2
   c.rl.minibatches = 1

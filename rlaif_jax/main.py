@@ -6,7 +6,7 @@ Parses flags and hands the config to the library; nothing below reads flags.
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rlaif_jax import host
@@ -21,6 +21,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from rlaif_jax import distributed, pipeline  # after flag parsing, so --help is fast
+  if not flags.FLAGS['verbosity'].present:  # progress lines only; --verbosity=0 shows library logs
+    logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   distributed.initialize(config.get('distributed', 'auto'))  # before anything touches a device
   pipeline.run(config, _WORKDIR.value)

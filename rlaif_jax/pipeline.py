@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from flax import nnx
 
 from rlaif_jax import checkpoint_hf, checkpoints, data, labeling, metrics, pretrained
@@ -134,7 +133,7 @@ def fit(run: Run, stage: str, step: Callable, state: train.TrainState, items: li
   if restored is not None:
     start, state, meta = restored
     batches.set_state(meta['data'])
-    logging.info('[%s] resumed at step %d', stage, start)
+    print(f'[{stage}] resumed at step {start} from {ckpt.directory}', flush=True)
   writer = metrics.Writer(run.workdir, stage, resume_step=start)  # drops rows of a killed try
   progress = metrics.Progress(stage, steps, start)
   guard = NonFiniteGuard(run.config.train.max_nonfinite_steps, stage, ckpt)
@@ -395,7 +394,7 @@ def stage_rl(run: Run) -> dict[str, Any]:
     state, key = tree['train'], jax.random.wrap_key_data(tree['key'])
     kl_coef = meta['kl_coef']
     batches.set_state(meta['data'])
-    logging.info('[rl] resumed at iteration %d', start)
+    print(f'[rl] resumed at iteration {start} from {ckpt.directory}', flush=True)
   writer = metrics.Writer(run.workdir, 'rl', resume_step=start)  # drops rows of a killed try
   progress = metrics.Progress('rl', c.iterations, start, unit='iteration', every=0)
   guard = NonFiniteGuard(run.config.train.max_nonfinite_steps, 'rl', ckpt)
@@ -503,12 +502,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, 
   before = checkpoints.read_marker(workdir, 'summary.json') or {'seconds': {}}
   try:
     for stage in config.stages:
-      logging.info('Stage %s', stage)
+      print(f'[{stage}] starting', flush=True)
       t0 = time.time()
       summaries[stage] = STAGES[stage](r)
       seconds[stage] = time.time() - t0
-      if stage in r.skipped:  # the time it took when it ran
-        seconds[stage] = before['seconds'].get(stage, seconds[stage])
+      if stage in r.skipped:  # the time it took when it ran (kept in summary.json or its marker)
+        seconds[stage] = before['seconds'].get(stage, summaries[stage].get('seconds', seconds[stage]))
       else:
         print(f'[{stage}] done in {seconds[stage]:.0f}s', flush=True)
   finally:
