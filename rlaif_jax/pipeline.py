@@ -119,21 +119,30 @@ class Run:
 
 # ---------------------------------------------------------------------------- the training loop
 
+def resume(run: Run, stage: str, like: Any, batches: Any
+           ) -> tuple[checkpoints.Checkpoints, int, Any, dict]:
+  """The stage's checkpoints and where to start: (checkpoints, step, state, meta) from its own latest
+  checkpoint, else from `checkpoint.restore_from` when that names this stage, else (.., 0, like, {}).
+  Puts the data iterator `batches` back where the checkpoint left it."""
+  ck = run.config.checkpoint
+  ckpt = checkpoints.Checkpoints(run.path(stage, 'checkpoints'), ck.interval, ck.keep, ck.async_save)
+  restored = ckpt.restore(like) if ckpt.latest_step() is not None else None
+  if restored is None and checkpoints.stage_of(ck.restore_from) == stage:
+    restored = checkpoints.restore_from(ck.restore_from, like)
+  if restored is None:
+    return ckpt, 0, like, {}
+  start, state, meta = restored
+  batches.set_state(meta['data'])
+  print(f'[{stage}] resumed at step {start} from {ckpt.directory}', flush=True)
+  return ckpt, start, state, meta
+
+
 def fit(run: Run, stage: str, step: Callable, state: train.TrainState, items: list, batch_size: int,
         to_batch: Callable[[list], Any], steps: int, seed: int) -> train.TrainState:
   """`steps` train steps over shuffled batches of `items` with checkpoints, exact resume, metrics,
   progress, SIGTERM saving and the non-finite guard. Returns the final state."""
-  ck = run.config.checkpoint
-  ckpt = checkpoints.Checkpoints(run.path(stage, 'checkpoints'), ck.interval, ck.keep, ck.async_save)
   batches = data.batches(items, batch_size, seed)
-  start = 0
-  restored = ckpt.restore(state) if ckpt.latest_step() is not None else None
-  if restored is None and checkpoints.stage_of(ck.restore_from) == stage:
-    restored = checkpoints.restore_from(ck.restore_from, state)
-  if restored is not None:
-    start, state, meta = restored
-    batches.set_state(meta['data'])
-    print(f'[{stage}] resumed at step {start} from {ckpt.directory}', flush=True)
+  ckpt, start, state, _ = resume(run, stage, state, batches)
   writer = metrics.Writer(run.workdir, stage, resume_step=start)  # drops rows of a killed try
   progress = metrics.Progress(stage, steps, start)
   guard = NonFiniteGuard(run.config.train.max_nonfinite_steps, stage, ckpt)
@@ -370,9 +379,8 @@ def stage_rl(run: Run) -> dict[str, Any]:
       nnx.update(value_model, rm_params)
   if cfg.reward == 'judge':
     scorer_args.update(judge=run.judge(), tokenizer=tokenizer)
-  settings = dataclasses.replace(run.sampling(c.sampling),
-                                 stop_tokens=sampling.TextGenerator(policy, tokenizer,
-                                                                    run.mesh).stop_tokens())
+  eos = tokenizer.eos_token_id
+  settings = dataclasses.replace(run.sampling(c.sampling), stop_tokens=() if eos is None else (eos,))
   optimizer = train.make_optimizer(c.learning_rate, c.iterations * c.epochs * c.minibatches,
                                    c.warmup_steps)
   loop = rl_loop.RLLoop(policy, run.mesh, cfg, settings, optimizer,
@@ -380,21 +388,12 @@ def stage_rl(run: Run) -> dict[str, Any]:
                         tokenizer.pad_token_id or 0)
   state = loop.init()
   key = run.stage_key('rl')
-  ck = run.config.checkpoint
-  ckpt = checkpoints.Checkpoints(run.path('rl', 'checkpoints'), ck.interval, ck.keep, ck.async_save)
   train_prompts, _ = run.prompts()
   batches = data.batches(train_prompts, c.batch_size, run.config.seed)
-  kl_coef, start = cfg.kl_coef, 0
-  like = {'train': state, 'key': jax.random.key_data(key)}
-  restored = ckpt.restore(like) if ckpt.latest_step() is not None else None
-  if restored is None and checkpoints.stage_of(ck.restore_from) == 'rl':
-    restored = checkpoints.restore_from(ck.restore_from, like)
-  if restored is not None:
-    start, tree, meta = restored
-    state, key = tree['train'], jax.random.wrap_key_data(tree['key'])
-    kl_coef = meta['kl_coef']
-    batches.set_state(meta['data'])
-    print(f'[rl] resumed at iteration {start} from {ckpt.directory}', flush=True)
+  ckpt, start, tree, meta = resume(run, 'rl', {'train': state, 'key': jax.random.key_data(key)},
+                                   batches)
+  state, key = tree['train'], jax.random.wrap_key_data(tree['key'])
+  kl_coef = meta.get('kl_coef', cfg.kl_coef)
   writer = metrics.Writer(run.workdir, 'rl', resume_step=start)  # drops rows of a killed try
   progress = metrics.Progress('rl', c.iterations, start, unit='iteration', every=0)
   guard = NonFiniteGuard(run.config.train.max_nonfinite_steps, 'rl', ckpt)

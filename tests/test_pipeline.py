@@ -121,7 +121,7 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_same_result(tmp_path, ti
   r = subprocess.run(_command(killed, tiny_hf_folder), cwd=ROOT, env=_env(), capture_output=True,
                      text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert 'resumed at iteration' in r.stdout or kill_after < 2, (kill_after, r.stdout[-2000:])
+  assert '[rl] resumed at step' in r.stdout or kill_after < 2, (kill_after, r.stdout[-2000:])
 
   assert _rl_rows(killed) == _rl_rows(straight), f'killed after iteration {kill_after}'
   run_a = pipeline.Run(_tiny(tiny_hf_folder), str(straight))
