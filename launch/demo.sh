@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The demo pipeline on the embedded default model (SmolLM2-135M-Instruct), from a fresh clone.
-# Extra arguments go to rlaif_jax.main, e.g.  bash launch/demo.sh --config.generate.max_new_tokens=32
+# The RLAIF demo on the embedded default model (SmolLM2-135M-Instruct), from a fresh clone: label
+# response pairs with the debiased judge, train the reward model, PPO, win rate on held-out prompts,
+# export. About 15 minutes on 2 CPU cores; stop it any time and run it again to resume.
+# Extra arguments go to rlaif_jax.main, e.g.  bash launch/demo.sh --config.rl.iterations=40
 cd "$(dirname "$0")/.." || exit 1
 source launch/setup.sh || exit 1
-exec python -m rlaif_jax.main --config=configs/smollm2_demo.py --workdir="${WORKDIR:-workdir/demo}" "$@"
+exec python -m rlaif_jax.main --config=configs/smollm2_demo.py:rlaif --workdir="${WORKDIR:-workdir/rlaif}" "$@"

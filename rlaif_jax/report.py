@@ -108,6 +108,9 @@ def summary_table(workdir: str, summaries: dict[str, dict], seconds: dict[str, f
   lines = [f'{"stage":<13}{"result":<{width + 2}}wall time', '-' * (width + 26)]
   lines += [f'{s:<13}{h:<{width + 2}}{t}' for s, h, t in rows]
   lines.append(f'{"total":<13}{"":<{width + 2}}{sum(seconds.values()):.0f} s')
+  report = os.path.join(workdir, 'eval', 'report.md')
+  if os.path.exists(report):
+    lines.append(f'report and plots (reward and KL: rl_reward_kl.png): {os.path.dirname(report)}')
   return '\n'.join(lines)
 
 
@@ -120,10 +123,13 @@ def _headline(workdir: str, stage: str, info: dict) -> str:
             f'{info["steps"]} steps')
   if stage == 'rl':
     rows = metrics.read(workdir, 'rl')
-    if rows:
-      first, last = rows[0], rows[-1]
-      return (f'reward {first["reward"]:.3f} -> {last["reward"]:.3f}, KL {first["kl"]:.3f} -> '
-              f'{last["kl"]:.3f} over {len(rows)} iterations')
+    if rows:  # means over the first and last fifth of training (single iterations are noisy)
+      k = max(1, len(rows) // 5)
+      mean = lambda part, key: sum(r[key] for r in part) / len(part)
+      first, last = rows[:k], rows[-k:]
+      return (f'reward {mean(first, "reward"):.3f} -> {mean(last, "reward"):.3f}, KL '
+              f'{mean(first, "kl"):.3f} -> {mean(last, "kl"):.3f} (means of the first and last '
+              f'{k} of {len(rows)} iterations)')
     return f'{info.get("iterations", 0)} iterations'
   if stage == 'eval':
     lo, hi = info['win_rate_ci95']

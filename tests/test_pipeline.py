@@ -31,7 +31,8 @@ def test_every_stage_on_a_tiny_config(tmp_path, tiny_hf_folder, capsys):
   summaries = pipeline.run(config, str(tmp_path))
   assert list(summaries) == list(config.stages)
   table = capsys.readouterr().out.split('wall time')[-1]  # the summary printed at the end
-  for words in ('pairs labeled', 'held-out accuracy', 'reward', 'win rate vs reference', 'total'):
+  for words in ('pairs labeled', 'held-out accuracy', 'reward', 'KL', 'win rate vs reference', 'total',
+                'rl_reward_kl.png'):
     assert words in table, table
   timing = json.load(open(tmp_path / 'summary.json'))['seconds']
   assert set(timing) == set(config.stages) and all(t > 0 for t in timing.values())
