@@ -37,6 +37,10 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.model.source = model_source  # 'smollm2' (embedded), a .gguf file, or a Hugging Face folder
   c.model.param_dtype = 'float32'  # float32 | bfloat16: how parameters are stored
   c.model.dtype = 'float32'  # float32 | bfloat16: matmul/activation dtype
+  c.model.remat = 'none'  # none | dots | full: what each block keeps for the backward pass
+  # The architecture as Hugging Face config.json fields (vocab_size, hidden_size, ...), for planning
+  # without the checkpoint (python -m rlaif_jax.plan); empty = read it from model.source.
+  c.model.architecture = ml_collections.ConfigDict()
 
   c.mesh = mesh(data=-1)
   c.logical_axis_rules = logical_axis_rules()
@@ -86,6 +90,7 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.reward_model.warmup_steps = 10
   c.reward_model.max_length = 256  # prompt + response tokens (longer pairs keep their end)
   c.reward_model.eval_fraction = 0.1  # labeled pairs held out for accuracy
+  c.reward_model.micro_batches = 1  # gradient accumulation: slices of each batch, one at a time
 
   c.rl = ml_collections.ConfigDict()
   c.rl.algorithm = 'ppo'  # ppo | reinforce | rloo
@@ -96,6 +101,7 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.rl.samples_per_prompt = 1
   c.rl.epochs = 2
   c.rl.minibatches = 2
+  c.rl.micro_batches = 1  # gradient accumulation within each minibatch (slices one at a time)
   c.rl.learning_rate = 1e-6
   c.rl.warmup_steps = 0
   c.rl.clip_eps = 0.2

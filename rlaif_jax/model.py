@@ -21,10 +21,22 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from rlaif_jax import sharding as shd
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+# Rematerialization of each transformer block in training (model.remat): what the forward pass keeps
+# for the backward pass, the rest being recomputed. 'none' keeps everything (fastest, most memory);
+# 'dots' keeps the projection matmuls' outputs (named 'proj' below) and recomputes the norms, rotary
+# embedding, attention softmax and activations; 'full' keeps only each block's input (about one more
+# forward pass of compute, least memory).
+REMAT_POLICIES = {
+    'none': None,
+    'dots': jax.checkpoint_policies.save_only_these_names('proj'),
+    'full': jax.checkpoint_policies.nothing_saveable,
+}
 
 
 def to_dtype(name: str | Any) -> Any:
@@ -54,6 +66,7 @@ class ModelConfig:
   param_dtype: str = 'float32'  # storage dtype of the parameters
   dtype: str = 'float32'  # compute dtype of matmuls and activations (softmax and norms run in float32)
   scalar_head: bool = False  # adds a [E] -> [] head on the final hidden state
+  remat: str = 'none'  # what a block keeps for its backward pass: see REMAT_POLICIES
   logical_axis_rules: tuple[tuple[str, Any], ...] = shd.DEFAULT_RULES
 
   def __post_init__(self):
@@ -61,6 +74,8 @@ class ModelConfig:
       raise ValueError(f'num_heads={self.num_heads} is not a multiple of num_kv_heads='
                        f'{self.num_kv_heads}; grouped-query attention needs it to be.')
     to_dtype(self.param_dtype), to_dtype(self.dtype)
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f'Unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}.')
 
   def replace(self, **kw) -> 'ModelConfig':
     return dataclasses.replace(self, **kw)
@@ -172,10 +187,15 @@ def _matmul_bwd(res, dy):
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+def _proj(x: jax.Array, w: jax.Array) -> jax.Array:
+  """A projection matmul whose output the 'dots' remat policy keeps."""
+  return checkpoint_name(matmul(x, w), 'proj')
+
+
 def _project(x: jax.Array, w: jax.Array) -> jax.Array:
   """x [B, T, E] @ w [E, N, D] -> [B, T, N, D], as a plain 2-D matmul on the reshaped weight."""
   e, n, d = w.shape
-  return matmul(x, w.reshape(e, n * d)).reshape(*x.shape[:-1], n, d)
+  return _proj(x, w.reshape(e, n * d)).reshape(*x.shape[:-1], n, d)
 
 
 class Attention(nnx.Module):
@@ -227,7 +247,7 @@ class Attention(nnx.Module):
     b, t, h, d = out.shape
     out = shd.constrain(out, ('batch', 'length', 'act_heads', None), self.cfg.logical_axis_rules)
     # As one [B*T, H*D] x [H*D, E] matmul: an einsum over (h, d) let XLA re-lay out the weight.
-    return matmul(out.reshape(b, t, h * d), self.o[...].astype(dt).reshape(h * d, -1))
+    return _proj(out.reshape(b, t, h * d), self.o[...].astype(dt).reshape(h * d, -1))
 
 
 class MLP(nnx.Module):
@@ -240,9 +260,9 @@ class MLP(nnx.Module):
 
   def __call__(self, x):
     dt = to_dtype(self.cfg.dtype)
-    h = jax.nn.silu(matmul(x, self.gate[...].astype(dt))) * matmul(x, self.up[...].astype(dt))
+    h = jax.nn.silu(_proj(x, self.gate[...].astype(dt))) * _proj(x, self.up[...].astype(dt))
     h = shd.constrain(h, ('batch', 'length', 'act_mlp'), self.cfg.logical_axis_rules)
-    return matmul(h, self.down[...].astype(dt))
+    return _proj(h, self.down[...].astype(dt))
 
 
 class Block(nnx.Module):
@@ -267,6 +287,10 @@ class Block(nnx.Module):
     x = x + a
     x = x + self.mlp(self.mlp_norm(x))
     return shd.constrain(x, ('batch', 'length', 'act_embed'), self.rules), cache
+
+
+def _block_without_cache(layer: Block, x, positions, mask, inv_freq):
+  return layer(x, positions, mask, inv_freq)[0]
 
 
 class Output(NamedTuple):
@@ -305,8 +329,12 @@ class Transformer(nnx.Module):
     x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
     x = shd.constrain(x, ('batch', 'length', 'act_embed'), rules)
     inv_freq = rope_frequencies(cfg)
+    remat = REMAT_POLICIES[cfg.remat] if cache is None and cfg.remat != 'none' else None
     for i, layer in enumerate(self.layers):
-      x, cache = layer(x, positions, mask, inv_freq, cache, i, prefill)
+      if remat is not None:  # training: the block's backward recomputes what the policy drops
+        x = nnx.remat(_block_without_cache, policy=remat)(layer, x, positions, mask, inv_freq)
+      else:
+        x, cache = layer(x, positions, mask, inv_freq, cache, i, prefill)
     h = self.final_norm(x[:, -1:] if last_only else x[:, outputs_from:])
     w = self.embed[...].T if cfg.tie_word_embeddings else self.lm_head[...]
     logits = shd.constrain(jnp.einsum('bte,ev->btv', h, w.astype(dt)).astype(jnp.float32),

@@ -69,7 +69,7 @@ class Run:
   def load(self, source: str, scalar_head: bool = False):
     m = self.config.model
     return pretrained.load_model(source or m.source, self.mesh, self.rules, scalar_head=scalar_head,
-                                 param_dtype=m.param_dtype, dtype=m.dtype)
+                                 param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
 
   def policy_dir(self, reference: bool = False) -> str | None:
     """Where the current (or, with reference=True, the reference) policy's parameters are."""
@@ -330,7 +330,7 @@ def stage_reward_model(run: Run) -> dict[str, Any]:
     return rm.Batch(ta, va, tb, vb, np.asarray([r['p_a_better'] for r in chunk], np.float32))
 
   optimizer = train.make_optimizer(c.learning_rate, c.steps, c.warmup_steps)
-  step = rm.make_train_step(model, optimizer, run.mesh)
+  step = rm.make_train_step(model, optimizer, run.mesh, c.micro_batches)
   state = fit(run, 'reward_model', step, step.init(), train_rows, c.batch_size, batch, c.steps,
               run.config.seed)
   reward = rm.make_reward_fn(model)

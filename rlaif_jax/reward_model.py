@@ -59,9 +59,10 @@ def rm_loss(model: model_lib.Transformer, batch: Batch):
 
 
 def make_train_step(model: model_lib.Transformer, optimizer: optax.GradientTransformation,
-                    mesh: jax.sharding.Mesh):
-  """The reward model's jitted, sharded, donating train step (see `train.make_step`)."""
-  return train.make_step(model, optimizer, mesh, rm_loss)
+                    mesh: jax.sharding.Mesh, micro_batches: int = 1):
+  """The reward model's jitted, sharded, donating train step (see `train.make_step`); gradients
+  accumulated over `micro_batches` slices of each batch."""
+  return train.make_step(model, optimizer, mesh, rm_loss, micro_batches)
 
 
 def make_reward_fn(model: model_lib.Transformer):

@@ -20,6 +20,7 @@ from flax import nnx
 from rlaif_jax import model as model_lib
 from rlaif_jax import ppo, sampling
 from rlaif_jax import sharding as shd
+from rlaif_jax import train
 from rlaif_jax.train import TrainState, apply_gradients, init_state, train_state_shardings
 
 ALGORITHMS = ('ppo', 'reinforce', 'rloo')
@@ -31,6 +32,7 @@ class RLConfig:
   algorithm: str = 'ppo'  # ppo | reinforce | rloo
   epochs: int = 2  # passes over each rollout batch
   minibatches: int = 2  # per epoch
+  micro_batches: int = 1  # gradient accumulation: slices of each minibatch, one at a time
   clip_eps: float = 0.2
   value_clip: float = 0.2
   vf_coef: float = 0.5
@@ -54,9 +56,9 @@ class RLConfig:
       raise ValueError(f'Unknown rl.reward {self.reward!r}; choose one of {REWARDS}.')
     if self.value_model not in ('shared', 'separate'):
       raise ValueError(f"Unknown rl.value_model {self.value_model!r}; use 'shared' or 'separate'.")
-    if self.epochs < 1 or self.minibatches < 1:
-      raise ValueError(f'rl.epochs and rl.minibatches must be >= 1, got {self.epochs}, '
-                       f'{self.minibatches}.')
+    if min(self.epochs, self.minibatches, self.micro_batches) < 1:
+      raise ValueError(f'rl.epochs, rl.minibatches and rl.micro_batches must be >= 1, got '
+                       f'{self.epochs}, {self.minibatches}, {self.micro_batches}.')
     if self.algorithm == 'rloo' and self.samples_per_prompt < 2:
       raise ValueError('rl.algorithm=rloo needs rl.samples_per_prompt >= 2 (the leave-one-out '
                        'baseline averages the other samples of the same prompt).')
@@ -130,7 +132,8 @@ def make_update(model: model_lib.Transformer, optimizer: optax.GradientTransform
   if separate:
     v_graphdef, _, v_rest = nnx.split(value_model, nnx.Param, ...)
 
-  def loss_fn(params, mb: Rollout, adv, returns):
+  def loss_fn(params, batch):
+    mb, adv, returns = batch
     policy = nnx.merge(graphdef, params['policy'], rest)
     s = sampling.score(policy, mb.prompt, mb.prompt_valid, mb.response, mb.mask, temperature)
     info = ppo.policy_loss(s.log_probs, mb.old_log_probs, adv, mb.mask, cfg.clip_eps)
@@ -157,8 +160,11 @@ def make_update(model: model_lib.Transformer, optimizer: optax.GradientTransform
     def step(state, idx):
       take = lambda x: jnp.take(x, idx, axis=0)
       mb = jax.tree.map(take, r)
-      (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          state.params, mb, take(adv), take(returns))
+      # the losses are token means: each micro-batch counts by its share of the tokens
+      tokens = jnp.sum(train.split_micro_batches(mb.mask, cfg.micro_batches), axis=(1, 2))
+      (loss, metrics), grads = train.accumulated_value_and_grad(
+          loss_fn, state.params, (mb, take(adv), take(returns)), cfg.micro_batches,
+          tokens / jnp.maximum(jnp.sum(tokens), 1))
       state, metrics['skipped'] = apply_gradients(optimizer, state, grads, loss)
       metrics['grad_norm'] = optax.tree.norm(grads)
       return state, metrics

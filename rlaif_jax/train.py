@@ -79,17 +79,57 @@ def apply_gradients(optimizer: optax.GradientTransformation, state: TrainState, 
   return TrainState(params, opt_state, state.step + 1), 1.0 - finite.astype(jnp.float32)
 
 
+def split_micro_batches(batch: Any, micro_batches: int) -> Any:
+  """[B, ...] leaves -> [k, B / k, ...]: micro-batch i takes rows i, i + k, i + 2k, ... so that each
+  one stays spread over every device the batch axis is split across (contiguous blocks of rows would
+  each sit on a few devices only)."""
+  def one(x):
+    b = x.shape[0]
+    if b % micro_batches:
+      raise ValueError(f'A batch of {b} rows does not split into {micro_batches} micro-batches; '
+                       f'make the batch size a multiple of the micro_batches setting.')
+    return x.reshape(b // micro_batches, micro_batches, *x.shape[1:]).swapaxes(0, 1)
+  return jax.tree.map(one, batch)
+
+
+def accumulated_value_and_grad(fn: Callable[[Any, Any], tuple], params: Any, batch: Any,
+                               micro_batches: int = 1, weights: jax.Array | None = None):
+  """`jax.value_and_grad(fn, has_aux=True)(params, batch)` computed over `micro_batches` slices of
+  the batch in a `lax.scan` (gradient accumulation: activations of one slice live at a time).
+
+  fn(params, batch) -> (loss, metrics). The loss, metrics and gradients are sums over micro-batches
+  weighted by `weights` [k] (default 1/k, exact for a mean over equal rows; for a masked token mean
+  pass each slice's share of the tokens)."""
+  grad_fn = jax.value_and_grad(fn, has_aux=True)
+  if micro_batches == 1:
+    return grad_fn(params, batch)
+  micro = split_micro_batches(batch, micro_batches)
+  if weights is None:
+    weights = jnp.full((micro_batches,), 1.0 / micro_batches, jnp.float32)
+
+  def add(total, xs):
+    mb, w = xs
+    out = grad_fn(params, mb)
+    return jax.tree.map(lambda t, x: t + w * x, total, out), None
+
+  zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro)))
+  total, _ = jax.lax.scan(add, zeros, (micro, weights))
+  return total
+
+
 def make_step(model: model_lib.Transformer, optimizer: optax.GradientTransformation,
-              mesh: jax.sharding.Mesh, loss: Callable[[model_lib.Transformer, Any], tuple]):
-  """`step(state, batch) -> (state, metrics)` for `loss(model, batch) -> (loss, metrics dict)`:
-  jitted with explicit shardings (batch leaves split on their leading axis), donates the state,
-  skips non-finite updates (metrics['skipped']). `step.init()` gives the initial TrainState, sharded
-  as the step expects, so the first call compiles once."""
+              mesh: jax.sharding.Mesh, loss: Callable[[model_lib.Transformer, Any], tuple],
+              micro_batches: int = 1):
+  """`step(state, batch) -> (state, metrics)` for `loss(model, batch) -> (loss, metrics dict)` (a
+  mean over the batch rows): jitted with explicit shardings (batch leaves split on their leading
+  axis), donates the state, skips non-finite updates (metrics['skipped']); with micro_batches > 1
+  the gradient is accumulated over that many slices of the batch. `step.init()` gives the initial
+  TrainState, sharded as the step expects, so the first call compiles once."""
   graphdef, _, rest = nnx.split(model, nnx.Param, ...)
 
   def step(state: TrainState, batch: Any):
-    fn = lambda params: loss(nnx.merge(graphdef, params, rest), batch)
-    (value, metrics), grads = jax.value_and_grad(fn, has_aux=True)(state.params)
+    fn = lambda params, b: loss(nnx.merge(graphdef, params, rest), b)
+    (value, metrics), grads = accumulated_value_and_grad(fn, state.params, batch, micro_batches)
     state, metrics['skipped'] = apply_gradients(optimizer, state, grads, value)
     metrics['grad_norm'] = optax.tree.norm(grads)
     return state, metrics

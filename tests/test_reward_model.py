@@ -119,18 +119,22 @@ def test_reward_model_scorer_normalizes_prompt_plus_response():
     np.testing.assert_allclose(scored.normalized[i], (want - 0.5) / 4.0, atol=1e-5)
 
 
-def test_sharded_train_step_matches_one_device():
+@pytest.mark.parametrize('micro_batches,remat', [(1, 'none'), (2, 'dots'), (4, 'full')])
+def test_sharded_train_step_matches_one_device(micro_batches, remat):
+  """Also: gradient accumulation over micro-batches and block rematerialization change nothing."""
   single_mesh = one_device()
   base = pretrained.random_model(CFG, 1, single_mesh)
   weights = checkpoint_hf.host_arrays(nnx.state(base))
   batches = [synthetic_batch(np.random.default_rng(i), 16) for i in range(3)]
   results = []
-  for mesh in (single_mesh, shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})):
-    model = pretrained.place(CFG, weights, mesh)
+  for mesh, micro, cfg in ((single_mesh, 1, CFG),
+                           (shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}), micro_batches,
+                            CFG.replace(remat=remat))):
+    model = pretrained.place(cfg, weights, mesh)
     # SGD: Adam would turn the exactly-zero true gradient of the bias (the loss only sees r_a - r_b)
     # into +-lr steps from float noise, which differs between layouts.
     opt = optax.sgd(0.1)
-    step = rm.make_train_step(model, opt, mesh)
+    step = rm.make_train_step(model, opt, mesh, micro)
     state = step.init()
     for b in batches:
       state, _ = step(state, b)

@@ -185,6 +185,53 @@ def test_sharded_ppo_update_matches_one_device():
     np.testing.assert_allclose(results[1][name], results[0][name], atol=1e-5, err_msg=name)
 
 
+def test_micro_batches_and_remat_give_the_same_update():
+  """Gradient accumulation weights each micro-batch by its share of the response tokens, so the
+  update equals the one over whole minibatches; rematerialized blocks give the same gradients."""
+  import optax
+  from rlaif_jax import checkpoint_hf
+  single = shd.make_mesh({'data': 1}, jax.devices()[:1])
+  base = pretrained.random_model(CFG, 3, single)
+  weights = checkpoint_hf.host_arrays(nnx.state(base))
+  rng = np.random.default_rng(1)
+  prompts = rng.integers(3, 32, (16, 4)).astype(np.int32)
+  valid = np.ones_like(prompts, bool)
+  out = sampling.make_sampler(base, single, sampling.SamplingConfig(8, temperature=1.0))(
+      nnx.state(base), prompts, valid, jax.random.key(0))
+  mask = np.arange(8)[None] < rng.integers(1, 9, (16, 1))  # responses of different lengths
+  old = sampling.make_scorer(base, single)(nnx.state(base), prompts, valid, out.tokens, mask)
+  rollout = jax.device_get(rl.Rollout(
+      prompts, valid, out.tokens, mask, old.log_probs, old.log_probs - 0.1, old.values,
+      jnp.asarray(target_fraction(out.tokens, mask), jnp.float32)))
+  results = []
+  for mesh, micro, remat in ((single, 1, 'none'), (single, 4, 'dots'),
+                             (shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}), 2, 'full')):
+    model = pretrained.place(CFG.replace(remat=remat), weights, mesh)
+    cfg = rl.RLConfig('ppo', epochs=2, minibatches=2, micro_batches=micro)
+    update = rl.make_update(model, optax.sgd(0.05), mesh, cfg)
+    state, metrics = update(update.init(), rollout, 0.05, jax.random.key(1))
+    results.append((checkpoint_hf.host_arrays(state.params['policy']), metrics))
+  moved = max(np.abs(results[0][0][n] - weights[n]).max() for n in weights)
+  assert moved > 1e-4
+  for params, metrics in results[1:]:
+    for name in weights:
+      np.testing.assert_allclose(params[name], results[0][0][name], atol=2e-5, err_msg=name)
+    for name in ('policy_loss', 'value_loss', 'clip_fraction', 'entropy'):
+      np.testing.assert_allclose(metrics[name], results[0][1][name], rtol=1e-4, atol=1e-6)
+
+
+def test_micro_batches_must_divide_the_minibatch():
+  import optax
+  mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
+  model = pretrained.random_model(CFG, 0, mesh)
+  update = rl.make_update(model, optax.sgd(0.1), mesh, rl.RLConfig('ppo', minibatches=1,
+                                                                   micro_batches=3))
+  z = np.zeros((4, 3), np.float32)
+  rollout = rl.Rollout(z.astype(np.int32), z > -1, z.astype(np.int32), z > -1, z, z, z, z[:, 0])
+  with pytest.raises(ValueError, match='micro-batches'):
+    update(update.init(), rollout, 0.05, jax.random.key(0))
+
+
 def test_model_matmul_gradient_equals_autodiff():
   kx, kw, kd = jax.random.split(jax.random.key(0), 3)
   x, w = jax.random.normal(kx, (2, 5, 6)), jax.random.normal(kw, (6, 4))
