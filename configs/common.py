@@ -56,6 +56,7 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
 
   c.judge = ml_collections.ConfigDict()
   c.judge.source = ''  # '' = model.source
+  c.judge.architecture = ml_collections.ConfigDict()  # for planning: config.json fields ('' = source's)
   c.judge.task = 'helpful'  # summarization | helpful | harmless
   c.judge.preamble = 'base'  # base | detailed
   c.judge.debias = True  # score both orders and average
@@ -84,6 +85,7 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
 
   c.reward_model = ml_collections.ConfigDict()
   c.reward_model.source = ''  # '' = model.source (the backbone gets a scalar head)
+  c.reward_model.architecture = ml_collections.ConfigDict()  # for planning, as model.architecture
   c.reward_model.steps = 100
   c.reward_model.batch_size = 8
   c.reward_model.learning_rate = 1e-5

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from rlaif_jax import model as model_lib
 from rlaif_jax import sampling
@@ -198,6 +197,19 @@ def option_log_probs(model: model_lib.Transformer, prompt: jax.Array, prompt_val
   return total + rest.sum(axis=1).reshape(b, o)
 
 
+def jit_option_log_probs(model: model_lib.Transformer, mesh: jax.sharding.Mesh):
+  """`fn(state, prompt, valid, options, options_valid) -> [B, O]` (`option_log_probs`), jitted with
+  the state sharded by the rules and the prompts over the batch axes, run with the mesh set."""
+  graphdef = nnx.graphdef(model)
+  state_sh, batch, repl = sampling.model_shardings(model, mesh)
+
+  def fn(state, prompt, valid, options, options_valid):
+    return option_log_probs(nnx.merge(graphdef, state), prompt, valid, options, options_valid)
+
+  shardings = (state_sh, batch, batch, repl, repl)
+  return shd.on_mesh(jax.jit(fn, in_shardings=shardings, out_shardings=batch), mesh, shardings)
+
+
 class Judge:
   """A judge model with its tokenizer on a mesh; strings in, preferences and rewards out."""
 
@@ -209,19 +221,8 @@ class Judge:
     self.choice_ids = self._single_tokens(['1', '2'])
     eos = [tokenizer.eos_token_id] if (cfg.chat_template and tokenizer.eos_token_id is not None) else []
     self.score_options = [tokenizer.encode(str(i), add_special_tokens=False) + eos for i in range(1, 11)]
-    rules = model.cfg.logical_axis_rules
-    self.batch_multiple = shd.batch_shards(mesh, rules)
-    graphdef = nnx.graphdef(model)
-    state_sh = shd.state_shardings(self.state, mesh, rules)
-    batch = NamedSharding(mesh, shd.logical_to_spec(('batch',), rules, None, mesh))
-    repl = NamedSharding(mesh, PartitionSpec())
-
-    def fn(state, prompt, valid, options, options_valid):
-      return option_log_probs(nnx.merge(graphdef, state), prompt, valid, options, options_valid)
-
-    shardings = (state_sh, batch, batch, repl, repl)
-    self._scorer = shd.on_mesh(jax.jit(fn, in_shardings=shardings, out_shardings=batch), mesh,
-                               shardings)
+    self.batch_multiple = shd.batch_shards(mesh, model.cfg.logical_axis_rules)
+    self._scorer = jit_option_log_probs(model, mesh)
     self.truncated = 0
 
   def _single_tokens(self, texts: Sequence[str]) -> list[int]:

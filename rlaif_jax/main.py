@@ -3,13 +3,10 @@
 Parses flags and hands the config to the library; nothing below reads flags.
 """
 
-import os
-import sys
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rlaif_jax import host
+from rlaif_jax import errors, host
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:args]).',
                                           lock_config=True)
@@ -28,29 +25,8 @@ def main(argv):
   pipeline.run(config, _WORKDIR.value)
 
 
-USER_ERRORS = (ValueError, KeyError, AttributeError, FileNotFoundError, NotImplementedError)
-
-
-def one_line(e: BaseException) -> str:
-  """A config/input error as one readable line (ml_collections wraps its messages in reprs)."""
-  msg = str(e)
-  for _ in range(2):
-    if len(msg) > 1 and msg[0] == msg[-1] and msg[0] in '\'"':
-      msg = msg[1:-1]
-    msg = msg.replace('\\n', ' ').replace('\\\'', "'").replace('\n', ' ')
-  if isinstance(e, (AttributeError, KeyError)) and 'config' not in msg.lower():
-    msg = f'unknown config key {msg}'
-  return f'rlaif_jax: error: {type(e).__name__}: {msg}'
-
-
 def run():
-  try:
-    app.run(main)
-  except USER_ERRORS as e:
-    if os.environ.get('RLAIF_JAX_TRACEBACK'):
-      raise
-    print(one_line(e) + '  (set RLAIF_JAX_TRACEBACK=1 for the traceback)', file=sys.stderr)
-    sys.exit(2)
+  errors.run_reporting_user_errors(lambda: app.run(main))
 
 
 if __name__ == '__main__':

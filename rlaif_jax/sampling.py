@@ -89,9 +89,23 @@ def _is_stop(token: jax.Array, stop_tokens: Sequence[int]) -> jax.Array:
   return jnp.isin(token, jnp.asarray(stop_tokens, jnp.int32))
 
 
-def sample(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Array, key: jax.Array,
-           cfg: SamplingConfig, pad_id: int = 0) -> Rollout:
-  """Sample responses. prompt, prompt_valid: [B, P], left-padded. Call under jit (see `make_sampler`)."""
+class Decoding(NamedTuple):
+  """The sampler's loop state between decode steps."""
+  i: jax.Array  # int32: response tokens produced so far
+  cache: model_lib.KVCache
+  key_valid: jax.Array  # [B, P + N] bool: cache slots that may be attended
+  done: jax.Array  # [B] bool: the row has emitted a stop token
+  token: jax.Array  # [B] int32: the last token, fed at the next step
+  pos: jax.Array  # [B] int32: its position
+  tokens: jax.Array  # [B, N]
+  log_probs: jax.Array  # [B, N]
+  mask: jax.Array  # [B, N]
+  key: jax.Array
+
+
+def prefill(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Array, key: jax.Array,
+            cfg: SamplingConfig, pad_id: int = 0) -> Decoding:
+  """One pass over the left-padded prompts [B, P] fills the KV cache and picks the first token."""
   b, p = prompt.shape
   n = cfg.max_new_tokens
   rules = model.cfg.logical_axis_rules
@@ -106,35 +120,38 @@ def sample(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Ar
   out = model(prompt, positions, prefill_mask, cache, last_only=True, prefill=True)
   key, step_key = jax.random.split(key)
   token, logp = choose(out.logits[:, -1], step_key, cfg)
-  next_pos = positions[:, -1] + 1
+  return Decoding(i=jnp.int32(1), cache=out.cache, key_valid=key_valid,
+                  done=_is_stop(token, cfg.stop_tokens), token=token, pos=positions[:, -1] + 1,
+                  tokens=jnp.full((b, n), pad_id, jnp.int32).at[:, 0].set(token),
+                  log_probs=jnp.zeros((b, n), jnp.float32).at[:, 0].set(logp),
+                  mask=jnp.zeros((b, n), bool).at[:, 0].set(True), key=key)
 
-  tokens = jnp.full((b, n), pad_id, jnp.int32).at[:, 0].set(token)
-  log_probs = jnp.zeros((b, n), jnp.float32).at[:, 0].set(logp)
-  mask = jnp.zeros((b, n), bool).at[:, 0].set(True)
-  done = _is_stop(token, cfg.stop_tokens)
 
-  def cond(carry):
-    i, _, _, done, *_ = carry
-    return (i < n) & ~jnp.all(done)
+def decode_step(model: model_lib.Transformer, s: Decoding, cfg: SamplingConfig,
+                pad_id: int = 0) -> Decoding:
+  """Feed the last token, write its keys and values into the cache, pick the next token."""
+  p = s.key_valid.shape[1] - s.tokens.shape[1]
+  key_valid = s.key_valid.at[:, p + s.i - 1].set(True)  # the token fed now becomes attendable
+  out = model(s.token[:, None], s.pos[:, None], key_valid[:, None, :], s.cache)
+  key, step_key = jax.random.split(s.key)
+  new, logp = choose(out.logits[:, 0], step_key, cfg)
+  live = ~s.done
+  new = jnp.where(live, new, pad_id)
+  return Decoding(i=s.i + 1, cache=out.cache, key_valid=key_valid,
+                  done=s.done | _is_stop(new, cfg.stop_tokens), token=new, pos=s.pos + 1,
+                  tokens=s.tokens.at[:, s.i].set(new),
+                  log_probs=s.log_probs.at[:, s.i].set(jnp.where(live, logp, 0.0)),
+                  mask=s.mask.at[:, s.i].set(live), key=key)
 
-  def body(carry):
-    i, cache, key_valid, done, token, pos, tokens, log_probs, mask, key = carry
-    key_valid = key_valid.at[:, p + i - 1].set(True)  # the token fed now becomes attendable
-    out = model(token[:, None], pos[:, None], key_valid[:, None, :], cache)
-    key, step_key = jax.random.split(key)
-    new, logp = choose(out.logits[:, 0], step_key, cfg)
-    live = ~done
-    new = jnp.where(live, new, pad_id)
-    tokens = tokens.at[:, i].set(new)
-    log_probs = log_probs.at[:, i].set(jnp.where(live, logp, 0.0))
-    mask = mask.at[:, i].set(live)
-    done = done | _is_stop(new, cfg.stop_tokens)
-    return i + 1, out.cache, key_valid, done, new, pos + 1, tokens, log_probs, mask, key
 
-  carry = (jnp.int32(1), out.cache, key_valid, done, token, next_pos, tokens, log_probs, mask, key)
-  carry = jax.lax.while_loop(cond, body, carry)
-  _, _, _, _, _, _, tokens, log_probs, mask, _ = carry
-  return Rollout(tokens, log_probs, mask)
+def sample(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Array, key: jax.Array,
+           cfg: SamplingConfig, pad_id: int = 0) -> Rollout:
+  """Sample responses. prompt, prompt_valid: [B, P], left-padded. Call under jit (see `make_sampler`)."""
+  n = cfg.max_new_tokens
+  s = jax.lax.while_loop(lambda s: (s.i < n) & ~jnp.all(s.done),
+                         lambda s: decode_step(model, s, cfg, pad_id),
+                         prefill(model, prompt, prompt_valid, key, cfg, pad_id))
+  return Rollout(s.tokens, s.log_probs, s.mask)
 
 
 class Scores(NamedTuple):
@@ -208,7 +225,7 @@ def score(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Arr
 
 # --------------------------------------------------------------------------- jitted entry points
 
-def _shardings(model: model_lib.Transformer, mesh: jax.sharding.Mesh):
+def model_shardings(model: model_lib.Transformer, mesh: jax.sharding.Mesh):
   """(state shardings, [B, ...] batch sharding, replicated sharding) for a model on a mesh."""
   rules = model.cfg.logical_axis_rules
   state = nnx.state(model)
@@ -223,7 +240,7 @@ def make_sampler(model: model_lib.Transformer, mesh: jax.sharding.Mesh, cfg: Sam
   Compiles once per prompt shape [B, P]; bucket P (see `bucket_length`) to bound recompiles.
   """
   graphdef = nnx.graphdef(model)
-  state_sh, batch, repl = _shardings(model, mesh)
+  state_sh, batch, repl = model_shardings(model, mesh)
 
   def fn(state, prompt, prompt_valid, key):
     return sample(nnx.merge(graphdef, state), prompt, prompt_valid, key, cfg, pad_id)
@@ -237,7 +254,7 @@ def jit_response_fn(model: model_lib.Transformer, mesh: jax.sharding.Mesh, fn: C
   `f(state, prompt, prompt_valid, response, response_mask)`: the state sharded by the rules, the
   [B, ...] inputs and outputs over the batch axes, run with the mesh set."""
   graphdef = nnx.graphdef(model)
-  state_sh, batch, _ = _shardings(model, mesh)
+  state_sh, batch, _ = model_shardings(model, mesh)
   shardings = (state_sh,) + (batch,) * 4
   jitted = jax.jit(lambda state, *xs: fn(nnx.merge(graphdef, state), *xs), in_shardings=shardings,
                    out_shardings=batch)

@@ -1,0 +1,71 @@
+"""RLAIF at pod scale, by published model shapes (written here; nothing is downloaded): what
+`python -m rlaif_jax.plan` compiles for a TPU topology to tell whether a run fits and how long an
+iteration takes. The same configs run the pipeline once model.source (and judge.source,
+reward_model.source) point at the real checkpoints.
+
+  pip install -e '.[tpu]'
+  python -m rlaif_jax.plan --config=configs/pod_plans.py:llama8b --topology=v5e:8x8
+  python -m rlaif_jax.plan --config=configs/pod_plans.py:llama8b --topology=v5p:2x4x4
+  python -m rlaif_jax.plan --config=configs/pod_plans.py:llama1b --topology=v5e:4x4
+  python -m rlaif_jax.plan --config=configs/pod_plans.py:llama1b --topology=v5p:2x2x1
+  python -m rlaif_jax.plan --config=configs/pod_plans.py:tiny --topology=v5e:2x2      # seconds
+
+Arg (after the colon): the policy size, `llama1b` (Llama-3.2-1B shapes), `llama8b` (Llama-3.1-8B) or
+`tiny` (a 2-layer model for tests). The judge is 8B-like for both real sizes; the reward model and the
+separate PPO value model share the policy's shapes (the value model starts from the reward model, as
+in TRL). Parameters and optimizer state are float32, matmuls bfloat16; FSDP over every chip.
+"""
+
+import ml_collections
+
+from configs import common
+
+LLAMA3_ROPE = dict(rope_type='llama3', low_freq_factor=1.0, high_freq_factor=4.0,
+                   original_max_position_embeddings=8192)
+# config.json of meta-llama/Llama-3.2-1B-Instruct and meta-llama/Llama-3.1-8B-Instruct (the fields
+# the model reads)
+LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                    num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                    rope_theta=500000.0, rope_scaling=dict(LLAMA3_ROPE, factor=32.0),
+                    tie_word_embeddings=True, max_position_embeddings=131072, rms_norm_eps=1e-5)
+LLAMA_3_1_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                    head_dim=128, rope_theta=500000.0, rope_scaling=dict(LLAMA3_ROPE, factor=8.0),
+                    tie_word_embeddings=False, max_position_embeddings=131072, rms_norm_eps=1e-5)
+TINY = dict(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=128, tie_word_embeddings=False)
+SIZES = {'llama1b': LLAMA_3_2_1B, 'llama8b': LLAMA_3_1_8B, 'tiny': TINY}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  size = arg or 'llama8b'
+  if size not in SIZES:
+    raise ValueError(f'Unknown size {size!r}; choose one of {sorted(SIZES)}.')
+  tiny = size == 'tiny'
+  c = common.pipeline('/path/to/policy_checkpoint')  # set the real folders to run, not to plan
+  c.stages = ('label', 'reward_model', 'rl')
+  c.model.architecture = SIZES[size]
+  c.model.param_dtype = 'float32'
+  c.model.dtype = 'bfloat16'
+  c.model.remat = 'none' if tiny else 'full'
+  c.mesh = common.mesh(data=1, fsdp=-1, tensor=1)
+  c.judge.source = '/path/to/judge_checkpoint'
+  c.judge.architecture = ml_collections.ConfigDict(TINY if tiny else LLAMA_3_1_8B)
+  c.judge.max_context_tokens = 64 if tiny else 512
+  c.judge.max_response_tokens = 64 if tiny else 256
+  c.reward_model.source = '/path/to/reward_model_backbone'
+  c.reward_model.architecture = ml_collections.ConfigDict(SIZES[size])
+
+  rows = 8 if tiny else 64  # a multiple of the batch shards (data x fsdp)
+  c.label.batch_size = rows // 2 if tiny else rows
+  c.label.sampling = common.sampling(32 if tiny else 256, temperature=1.0)
+  c.reward_model.batch_size = rows
+  c.reward_model.max_length = 64 if tiny else 768
+  c.rl.algorithm = 'ppo'
+  c.rl.value_model = 'separate'
+  c.rl.batch_size = rows
+  c.rl.epochs = 2
+  c.rl.minibatches = 1
+  c.rl.prompt_length = 32 if tiny else 512
+  c.rl.sampling = common.sampling(32 if tiny else 256, temperature=0.7)
+  return c

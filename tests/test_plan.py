@@ -1,0 +1,110 @@
+"""Pod planning: every step compiled ahead of time for a TPU topology on this CPU (TPU compiler from
+the `tpu` extra, no TPU), memory read back from XLA's memory_analysis()."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from configs import pod_plans
+from rlaif_jax import plan, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytest.importorskip('libtpu', reason="the TPU compiler: pip install -e '.[tpu]'")
+
+
+def tiny(stages=('rl',), **mesh):
+  c = pod_plans.get_config('tiny')
+  c.stages = stages
+  c.mesh.update({**dict(data=1, fsdp=1, tensor=1), **mesh})
+  return c
+
+
+def state_bytes(config) -> int:
+  """Bytes of the PPO train state (policy + value model, AdamW moments), unsharded."""
+  common = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype)
+  policy = plan.abstract_model(plan.model_config('', config.model.architecture, **common))
+  value = plan.abstract_model(plan.model_config('', config.reward_model.architecture,
+                                                scalar_head=True, **common))
+  optimizer = train.make_optimizer(1e-6, 10)
+  state = jax.eval_shape(lambda: train.init_state({'policy': policy, 'value': value}, optimizer))
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
+def update_step(p: plan.Plan) -> plan.Step:
+  (step,) = [s for s in p.steps if 'update' in s.name]
+  return step
+
+
+def test_ppo_update_state_is_split_across_the_slice_as_the_rules_say():
+  config = tiny(fsdp=4)
+  total = state_bytes(config)
+  sharded = update_step(plan.make_plan(config, 'v5e:2x2'))
+  replicated = update_step(plan.make_plan(tiny(data=4), 'v5e:2x2'))
+  # FSDP: every parameter and both AdamW moments are split four ways (embed -> fsdp in the rules);
+  # the rollout and the few replicated leaves (norm scales, the scalar head's bias) add a little
+  assert total / 4 <= sharded.arguments < 1.1 * total / 4, (sharded.arguments, total)
+  # data parallelism only: every chip holds the whole state
+  assert total <= replicated.arguments < 1.05 * total, (replicated.arguments, total)
+  assert sharded.aliased > 0.9 * total / 4  # the donated state is updated in place
+  assert sharded.flops > 0 and sharded.temporaries > 0
+
+
+def test_every_stage_step_is_planned_with_numbers():
+  p = plan.make_plan(tiny(stages=('label', 'reward_model', 'rl'), fsdp=4), 'v5e:2x2', mfu=0.5)
+  names = [(s.stage, s.name) for s in p.steps]
+  for stage, name in [('label', 'rollout prefill'), ('label', 'rollout decode step'),
+                      ('label', 'judge: preference of a pair'),
+                      ('reward_model', 'reward-model train step'), ('rl', 'rollout prefill'),
+                      ('rl', 'score: reference log-probs'), ('rl', 'score: values'),
+                      ('rl', 'score: reward model')]:
+    assert (stage, name) in names, names
+  assert p.fits and p.chip.name == 'v5e' and p.mesh == {'data': 1, 'fsdp': 4, 'tensor': 1}
+  decode = [s for s in p.steps if s.stage == 'rl' and s.name == 'rollout decode step'][0]
+  assert decode.count == 31  # max_new_tokens - 1 steps after the prefill
+  assert decode.aliased > 0  # the donated KV cache is written in place
+  for s in p.steps:
+    assert s.flops > 0 and s.total > s.resident >= 0 and s.seconds(p.chip, 0.5) > 0
+  # the weights kept on the chips beside the update: reference policy + reward model
+  policy_bytes, reward_bytes = p.models['policy'][1], p.models['reward model'][1]
+  assert update_step(p).resident == policy_bytes + reward_bytes
+  text = plan.format_plan(p, tiny())
+  assert 'Everything fits' in text and 'per RL iteration' in text
+
+
+def test_remat_and_micro_batches_lower_the_update_temporaries():
+  def update_temporaries(remat, micro_batches):
+    config = tiny(fsdp=4)
+    config.rl.batch_size, config.rl.prompt_length = 64, 128  # activations outweigh the gradients
+    config.rl.sampling.max_new_tokens = 128
+    config.model.remat, config.rl.micro_batches = remat, micro_batches
+    step = update_step(plan.make_plan(config, 'v5e:2x2'))
+    return step.temporaries, step.flops
+  (base, flops), (remat, remat_flops), (lean, _) = (
+      update_temporaries('none', 1), update_temporaries('full', 1), update_temporaries('full', 4))
+  assert remat < 0.7 * base, (remat, base)  # blocks keep only their inputs for the backward pass
+  assert remat_flops > 1.2 * flops  # ... and recompute the rest
+  assert lean < 0.7 * remat, (lean, remat)  # a quarter of the rows' activations at a time
+
+
+def test_too_large_config_does_not_fit_and_exits_nonzero():
+  # a 3M-token vocabulary makes the policy, value model and AdamW state ~40 GB; one chip each
+  r = subprocess.run(
+      [sys.executable, '-m', 'rlaif_jax.plan', '--config=configs/pod_plans.py:tiny',
+       '--topology=v5e:2x2', '--config.mesh.data=-1', '--config.mesh.fsdp=1',
+       "--config.stages=('rl',)", '--config.model.architecture.vocab_size=3000000',
+       '--config.reward_model.architecture.vocab_size=3000000'],
+      cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert r.returncode == 1, r.stdout + r.stderr
+  assert 'DOES NOT FIT: rl / ppo update' in r.stdout, r.stdout
+  assert '--config.mesh.fsdp=' in r.stdout  # what to change
+
+
+def test_unknown_topology_is_a_clear_error():
+  with pytest.raises(ValueError, match='v5e:2x2'):
+    plan.make_plan(tiny(), 'v9x:2x2')
+  r = subprocess.run([sys.executable, '-m', 'rlaif_jax.plan', '--config=configs/pod_plans.py:tiny',
+                      '--topology=v5e-16'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and 'rlaif_jax: error' in r.stderr, r.stderr
