@@ -21,11 +21,13 @@ import os
 
 os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')  # no TPU metadata server here: we only compile
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # the topology is a compile target, never a device
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')  # compiling only: no chips to lock
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from typing import Any, Callable, Sequence  # noqa: E402
 
 import jax  # noqa: E402
@@ -142,34 +144,48 @@ class Step:
 
 
 def compile_step(step: Step, fn: Callable, args: Sequence[Any], mesh: jax.sharding.Mesh,
-                 cost_from: tuple[Callable, Sequence[Any], int] | None = None) -> Step:
+                 cost: Callable[[], tuple[float, float]] | None = None) -> Step:
   """Lower and compile `fn` (a jax.jit with in_shardings) on abstract args; fill in the numbers.
 
   XLA's cost analysis does not multiply a loop body by its trip count, so a step that loops (the RL
-  update's epochs and minibatches, gradient accumulation) takes its FLOPs and HBM traffic from
-  `cost_from` = (fn, args, times): the same step compiled without the loop, counted `times` times."""
+  update's epochs and minibatches, gradient accumulation) takes its (FLOPs, HBM bytes) from `cost`
+  instead (see `loop_free_cost`)."""
+  t0 = time.time()
   try:
     with jax.set_mesh(mesh):
       compiled = fn.lower(*args).compile()
-      if cost_from is not None:
-        cost_fn, cost_args, times = cost_from
-        costed = cost_fn.lower(*cost_args).compile()
   except Exception as e:  # noqa: BLE001 -- the TPU compiler refuses programs that exceed HBM
     msg = str(e)
     if 'RESOURCE_EXHAUSTED' not in msg and 'memory' not in msg.lower():
       raise
     step.error = ' '.join(msg.split())[:300]
+    print(f'[plan] {step.stage} / {step.name}: does not compile ({time.time() - t0:.0f} s)', flush=True)
     return step
+  print(f'[plan] {step.stage} / {step.name}: compiled in {time.time() - t0:.0f} s', flush=True)
   mem = compiled.memory_analysis()
   step.arguments, step.outputs = mem.argument_size_in_bytes, mem.output_size_in_bytes
   step.aliased, step.temporaries = mem.alias_size_in_bytes, mem.temp_size_in_bytes
-  if cost_from is None:
-    costed, times = compiled, 1
-  cost = costed.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  step.flops = times * float(cost.get('flops', 0.0))
-  step.bytes_accessed = times * float(cost.get('bytes accessed', 0.0))
+  step.flops, step.bytes_accessed = cost() if cost is not None else _cost(compiled)
   return step
+
+
+def _cost(compiled) -> tuple[float, float]:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
+
+
+def loop_free_cost(make: Callable[[int], tuple[Callable, Sequence[Any]]], layers: int, times: int,
+                   mesh: jax.sharding.Mesh) -> Callable[[], tuple[float, float]]:
+  """(FLOPs, HBM bytes) of `times` loop-free passes of a step, from the step built by `make(n)` for
+  models of n = 1 and 2 layers (every layer costs the same, so cost(L) = cost(1) + (L - 1) x the
+  difference): two small compiles instead of a second one of the whole model."""
+  def run():
+    built = [make(1), make(2)]
+    with jax.set_mesh(mesh):
+      one, two = (_cost(f.lower(*a).compile()) for f, a in built)
+    return tuple(times * (c1 + (layers - 1) * (c2 - c1)) for c1, c2 in zip(one, two))
+  return run
 
 
 def decoding_shardings(d: sampling.Decoding, rules, mesh: jax.sharding.Mesh) -> sampling.Decoding:
@@ -275,10 +291,14 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4
     step = rm.make_train_step(reward, optimizer, mesh, c.micro_batches)
     pair = (S((c.batch_size, c.max_length), jnp.int32), S((c.batch_size, c.max_length), bool))
     batch = rm.Batch(*pair, *pair, S((c.batch_size,), jnp.float32))
-    args = (jax.eval_shape(step.init), batch)
-    whole = rm.make_train_step(reward, optimizer, mesh) if c.micro_batches > 1 else None
-    steps.append(compile_step(Step('reward_model', 'reward-model train step', 1, 0), step.jitted,
-                              args, mesh, whole and (whole.jitted, args, 1)))
+    def whole(layers: int):  # no accumulation loop, for the cost
+      small = abstract_model(reward.cfg.replace(num_layers=layers))
+      one = rm.make_train_step(small, optimizer, mesh)
+      return one.jitted, (jax.eval_shape(one.init), batch)
+    steps.append(compile_step(
+        Step('reward_model', 'reward-model train step', 1, 0), step.jitted,
+        (jax.eval_shape(step.init), batch), mesh,
+        loop_free_cost(whole, reward.cfg.num_layers, 1, mesh) if c.micro_batches > 1 else None))
 
   if 'rl' in stages:
     c = config.rl
@@ -319,13 +339,18 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4
     rollout = rl.Rollout(*response[:2], *response[2:], *(S((rows, n), jnp.float32),) * 3,
                          S((rows,), jnp.float32))
     args = (state, rollout, S((), jnp.float32), _key())
-    # FLOPs of one pass over the whole rollout (no loop), times the epochs
-    one_pass = rl.make_update(policy, optimizer, mesh, dataclasses.replace(
-        rl_cfg, epochs=1, minibatches=1, micro_batches=1), c.sampling.temperature or 1.0, value)
+
+    def one_pass(layers: int):  # one pass over the whole rollout, no loop, for the cost
+      small = lambda mod: mod and abstract_model(mod.cfg.replace(num_layers=layers))
+      u = rl.make_update(small(policy), optimizer, mesh, dataclasses.replace(
+          rl_cfg, epochs=1, minibatches=1, micro_batches=1), c.sampling.temperature or 1.0,
+          small(value))
+      return u.jitted, (jax.eval_shape(u.init), *args[1:])
     steps.append(compile_step(
         Step('rl', f'{rl_cfg.algorithm} update ({rl_cfg.epochs} epochs x {rl_cfg.minibatches} '
              f'minibatches{f" x {rl_cfg.micro_batches} micro" if rl_cfg.micro_batches > 1 else ""})',
-             1, others), update.jitted, args, mesh, (one_pass.jitted, args, rl_cfg.epochs)))
+             1, others), update.jitted, args, mesh,
+        loop_free_cost(one_pass, policy.cfg.num_layers, rl_cfg.epochs, mesh)))
 
   return Plan(topology, chip, dict(mesh.shape), mfu, steps, models)
 
@@ -355,6 +380,10 @@ def advice(step: Step, plan: Plan, config: ml_collections.ConfigDict) -> str:
       tips.append(f'smaller micro-batches: --config.{key}.micro_batches='
                   f'{2 * config[key].micro_batches}')
     else:
+      if mesh['tensor'] == 1 and mesh['fsdp'] > 1:  # FSDP gathers whole layers for every pass
+        tips.append(f'tensor parallelism for sampling and scoring: --config.mesh.tensor=T '
+                    f'--config.mesh.fsdp={mesh["fsdp"]}/T (each pass then gathers 1/T of the '
+                    f'weights that FSDP alone gathers; T must divide the key/value heads)')
       tips.append(f'a smaller batch for this step: --config.{step.stage}.batch_size')
   if step.resident > 0.3 * budget:
     tips.append('the reference / reward / judge weights kept on the chips are large: shard them '

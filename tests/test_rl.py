@@ -156,21 +156,32 @@ def test_rloo_baseline_leaves_each_sample_out():
   np.testing.assert_allclose(np.asarray(adv), [1 - 2.5, 2 - 2.0, 3 - 1.5, 0, 0, 0])
 
 
+def random_rollout(model_seed: int, data_seed: int, rows: int, new_tokens: int, ragged=False):
+  """(host weights of a random tiny policy, a rollout it sampled, scored by the target fraction);
+  ragged: responses cut at random lengths."""
+  from rlaif_jax import checkpoint_hf
+  single = shd.make_mesh({'data': 1}, jax.devices()[:1])
+  base = pretrained.random_model(CFG, model_seed, single)
+  rng = np.random.default_rng(data_seed)
+  prompts = rng.integers(3, 32, (rows, 4)).astype(np.int32)
+  valid = np.ones_like(prompts, bool)
+  out = sampling.make_sampler(base, single, sampling.SamplingConfig(new_tokens, temperature=1.0))(
+      nnx.state(base), prompts, valid, jax.random.key(0))
+  mask = out.mask
+  if ragged:
+    mask = np.arange(new_tokens)[None] < rng.integers(1, new_tokens + 1, (rows, 1))
+  old = sampling.make_scorer(base, single)(nnx.state(base), prompts, valid, out.tokens, mask)
+  rollout = jax.device_get(rl.Rollout(
+      prompts, valid, out.tokens, mask, old.log_probs, old.log_probs - 0.1, old.values,
+      jnp.asarray(target_fraction(out.tokens, mask), jnp.float32)))
+  return checkpoint_hf.host_arrays(nnx.state(base)), rollout
+
+
 def test_sharded_ppo_update_matches_one_device():
   import optax
   from rlaif_jax import checkpoint_hf
   single = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  base = pretrained.random_model(CFG, 2, single)
-  weights = checkpoint_hf.host_arrays(nnx.state(base))
-  rng = np.random.default_rng(0)
-  prompts = rng.integers(3, 32, (8, 4)).astype(np.int32)
-  valid = np.ones_like(prompts, bool)
-  out = sampling.make_sampler(base, single, sampling.SamplingConfig(6, temperature=1.0))(
-      nnx.state(base), prompts, valid, jax.random.key(0))
-  old = sampling.make_scorer(base, single)(nnx.state(base), prompts, valid, out.tokens, out.mask)
-  rollout = jax.device_get(rl.Rollout(
-      prompts, valid, out.tokens, out.mask, old.log_probs, old.log_probs - 0.1, old.values,
-      jnp.asarray(target_fraction(out.tokens, out.mask), jnp.float32)))
+  weights, rollout = random_rollout(2, 0, rows=8, new_tokens=6)
   results = []
   for mesh in (single, shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})):
     model = pretrained.place(CFG, weights, mesh)
@@ -191,18 +202,7 @@ def test_micro_batches_and_remat_give_the_same_update():
   import optax
   from rlaif_jax import checkpoint_hf
   single = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  base = pretrained.random_model(CFG, 3, single)
-  weights = checkpoint_hf.host_arrays(nnx.state(base))
-  rng = np.random.default_rng(1)
-  prompts = rng.integers(3, 32, (16, 4)).astype(np.int32)
-  valid = np.ones_like(prompts, bool)
-  out = sampling.make_sampler(base, single, sampling.SamplingConfig(8, temperature=1.0))(
-      nnx.state(base), prompts, valid, jax.random.key(0))
-  mask = np.arange(8)[None] < rng.integers(1, 9, (16, 1))  # responses of different lengths
-  old = sampling.make_scorer(base, single)(nnx.state(base), prompts, valid, out.tokens, mask)
-  rollout = jax.device_get(rl.Rollout(
-      prompts, valid, out.tokens, mask, old.log_probs, old.log_probs - 0.1, old.values,
-      jnp.asarray(target_fraction(out.tokens, mask), jnp.float32)))
+  weights, rollout = random_rollout(3, 1, rows=16, new_tokens=8, ragged=True)
   results = []
   for mesh, micro, remat in ((single, 1, 'none'), (single, 4, 'dots'),
                              (shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}), 2, 'full')):
