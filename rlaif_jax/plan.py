@@ -318,7 +318,7 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4
     score = sampling.make_scorer(policy, mesh).jitted
     steps.append(compile_step(
         Step('rl', 'score: reference log-probs' + (' (and policy values)' if shared_head else ''),
-             2 if shared_head else 1, w_state - w_policy + scorer_weights), score,
+             2 if shared_head else 1, w_state + scorer_weights), score,
         (_abstract(nnx.state(policy)), *response), mesh))
     if value is not None:
       fn = sampling.jit_response_fn(value, mesh, rl.token_values).jitted

@@ -70,6 +70,11 @@ def test_every_stage_step_is_planned_with_numbers():
   # the weights kept on the chips beside the update: reference policy + reward model
   policy_bytes, reward_bytes = p.models['policy'][1], p.models['reward model'][1]
   assert update_step(p).resident == policy_bytes + reward_bytes
+  # beside the reference scoring, the whole train state stays; beside the value model's scoring,
+  # all of it but the value model's own parameters (its arguments) plus the reference
+  ref, values = ([s for s in p.steps if s.name == name][0]
+                 for name in ('score: reference log-probs', 'score: values'))
+  assert ref.resident - values.resident == reward_bytes - policy_bytes  # value model = RM shapes
   text = plan.format_plan(p, tiny())
   assert 'Everything fits' in text and 'per RL iteration' in text
 
