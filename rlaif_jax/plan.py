@@ -316,15 +316,16 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4
     response = (S((rows, c.prompt_length), jnp.int32), S((rows, c.prompt_length), bool),
                 S((rows, n), jnp.int32), S((rows, n), bool))
     score = sampling.make_scorer(policy, mesh).jitted
-    steps.append(compile_step(
-        Step('rl', 'score: reference log-probs' + (' (and policy values)' if shared_head else ''),
-             2 if shared_head else 1, w_state + scorer_weights), score,
-        (_abstract(nnx.state(policy)), *response), mesh))
-    if value is not None:
-      fn = sampling.jit_response_fn(value, mesh, rl.token_values).jitted
-      w_value = params_bytes(value, mesh)
-      steps.append(compile_step(Step('rl', 'score: values', 1, w_state - w_value + others), fn,
-                                (_abstract(nnx.state(value)), *response), mesh))
+    steps.append(compile_step(Step('rl', 'score: reference log-probs', 1, w_state + scorer_weights),
+                              score, (_abstract(nnx.state(policy)), *response), mesh))
+    if rl_cfg.algorithm == 'ppo' and not rl.values_from_first_step(rl_cfg):
+      # the update's own forward pass for the old values (with one minibatch and no micro-batches
+      # its first step gives them, at no cost)
+      critic = value if value is not None else policy
+      fn = sampling.jit_response_fn(critic, mesh, rl.token_values).jitted
+      steps.append(compile_step(
+          Step('rl', 'score: old values', 1, w_state - params_bytes(critic, mesh) + others),
+          fn, (_abstract(nnx.state(critic)), *response), mesh))
     if rl_cfg.reward == 'reward_model':
       fn = rl_loop.reward_model_scorer(reward, None, mesh, rm.RewardStats(0.0, 1.0)).jitted
       steps.append(compile_step(Step('rl', 'score: reward model', 1, w_state + w_policy), fn,
@@ -336,8 +337,8 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4
           Step('rl', 'score: judge (d-RLAIF)', 1, w_state + w_policy), fn,
           (_abstract(nnx.state(judge)), S((rows, length), jnp.int32), S((rows, length), bool),
            S((10, 3), jnp.int32), S((10, 3), bool)), mesh))
-    rollout = rl.Rollout(*response[:2], *response[2:], *(S((rows, n), jnp.float32),) * 3,
-                         S((rows,), jnp.float32))
+    # as the RL loop passes it: PPO's old values are left to the update
+    rollout = rl.Rollout(*response, *(S((rows, n), jnp.float32),) * 2, None, S((rows,), jnp.float32))
     args = (state, rollout, S((), jnp.float32), _key())
 
     def one_pass(layers: int):  # one pass over the whole rollout, no loop, for the cost

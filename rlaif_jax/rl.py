@@ -2,9 +2,9 @@
 and RLOO, as one jitted, sharded function per algorithm that donates its state.
 
 A rollout batch holds left-padded prompts, sampled responses, their log-probs under the policy that
-sampled them, the reference policy's log-probs and a sequence score per response. `make_update`
-returns `update(state, rollout, kl_coef, key) -> (state, metrics)` that runs `epochs` passes over
-shuffled minibatches inside one `lax.scan`.
+sampled them, the reference policy's log-probs and a sequence score per response (and, optionally,
+PPO's old values). `make_update` returns `update(state, rollout, kl_coef, key) -> (state, metrics)`
+that runs `epochs` passes over shuffled minibatches inside one `lax.scan`.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class Rollout(NamedTuple):
   mask: jax.Array  # [B, N]
   old_log_probs: jax.Array  # [B, N] under the sampling policy
   ref_log_probs: jax.Array  # [B, N] under the frozen reference
-  old_values: jax.Array  # [B, N] value head at sampling time (zeros without PPO)
+  old_values: jax.Array | None  # [B, N] values before the update; None: the update computes them
   scores: jax.Array  # [B] sequence scores (reward model, judge, or a programmatic reward)
 
 
@@ -114,13 +114,23 @@ def explained_variance(values: jax.Array, returns: jax.Array, mask: jax.Array) -
   return 1.0 - var(returns - values) / jnp.maximum(var(returns), 1e-8)
 
 
+def values_from_first_step(cfg: RLConfig) -> bool:
+  """Whether a PPO update left to find the old values takes them from its first step's own forward
+  pass: with one minibatch of the whole rollout (and no micro-batches) that step runs the value
+  model on exactly the inputs and parameters the old values come from, so a separate pass would
+  only repeat it. Otherwise the update runs a forward pass for them first."""
+  return cfg.algorithm == 'ppo' and cfg.minibatches == 1 and cfg.micro_batches == 1
+
+
 def make_update(model: model_lib.Transformer, optimizer: optax.GradientTransformation,
                 mesh: jax.sharding.Mesh, cfg: RLConfig, temperature: float = 1.0,
                 value_model: model_lib.Transformer | None = None):
   """`update(state, rollout, kl_coef, key) -> (state, metrics)`, jitted, sharded, donating state.
 
   state.params is {'policy': ...} or, with rl.value_model='separate', {'policy': ..., 'value': ...}
-  (both trained by one optimizer, as in TRL's PolicyAndValueWrapper)."""
+  (both trained by one optimizer, as in TRL's PolicyAndValueWrapper). A PPO rollout whose old_values
+  is None gets them inside the update: from the first step's forward pass when one minibatch takes
+  the whole rollout without micro-batches (no extra pass), else from a forward pass of its own."""
   separate = cfg.algorithm == 'ppo' and cfg.value_model == 'separate'
   if separate and value_model is None:
     raise ValueError("rl.value_model='separate' needs a value model (value_model=...).")
@@ -131,45 +141,97 @@ def make_update(model: model_lib.Transformer, optimizer: optax.GradientTransform
   graphdef, _, rest = nnx.split(model, nnx.Param, ...)
   if separate:
     v_graphdef, _, v_rest = nnx.split(value_model, nnx.Param, ...)
+  first_step_values = values_from_first_step(cfg)
 
-  def loss_fn(params, batch):
-    mb, adv, returns = batch
+  def forward(params, mb):
+    """Teacher-forced policy scores of the minibatch and the value model's values (None w/o PPO)."""
     policy = nnx.merge(graphdef, params['policy'], rest)
     s = sampling.score(policy, mb.prompt, mb.prompt_valid, mb.response, mb.mask, temperature)
-    info = ppo.policy_loss(s.log_probs, mb.old_log_probs, adv, mb.mask, cfg.clip_eps)
-    entropy = ppo.masked_mean(s.entropy, mb.mask)
-    loss = info.loss - cfg.entropy_coef * entropy
-    v_loss = jnp.zeros(())
+    values = None
     if cfg.algorithm == 'ppo':
       values = s.values
       if separate:
         values = token_values(nnx.merge(v_graphdef, params['value'], v_rest), mb.prompt,
                               mb.prompt_valid, mb.response, mb.mask)
+    return s, values
+
+  def objective(s, values, mb, adv, returns):
+    info = ppo.policy_loss(s.log_probs, mb.old_log_probs, adv, mb.mask, cfg.clip_eps)
+    entropy = ppo.masked_mean(s.entropy, mb.mask)
+    loss = info.loss - cfg.entropy_coef * entropy
+    v_loss = jnp.zeros(())
+    if values is not None:
       v_loss = ppo.value_loss(values, mb.old_values, returns, mb.mask, cfg.value_clip)
       loss = loss + cfg.vf_coef * v_loss
     return loss, {'policy_loss': info.loss, 'value_loss': v_loss, 'entropy': entropy,
                   'clip_fraction': info.clip_fraction, 'approx_kl': info.approx_kl}
 
+  def loss_fn(params, batch):
+    mb, adv, returns = batch
+    return objective(*forward(params, mb), mb, adv, returns)
+
+  def first_values_loss_fn(params, batch):
+    """loss_fn for an update that takes the old values from its first step: at step 0 they are this
+    forward pass's values (constants to the gradient), later the ones step 0 saw; the advantages
+    and returns follow from them (GAE is per row, whitening over the one minibatch: the same at
+    every step)."""
+    mb, kl_coef, old_values, first = batch
+    s, values = forward(params, mb)
+    mb = mb._replace(old_values=jnp.where(first, jax.lax.stop_gradient(values), old_values))
+    adv, returns, _ = advantages_and_returns(mb, kl_coef, cfg)
+    loss, metrics = objective(s, values, mb, adv, returns)
+    return loss, (metrics, mb.old_values)
+
+  def old_values_pass(params, r):
+    """The value model's values on the whole rollout (a forward pass only), for updates that do not
+    take them from their first step."""
+    if separate:
+      model = nnx.merge(v_graphdef, params['value'], v_rest)
+    else:
+      model = nnx.merge(graphdef, params['policy'], rest)
+    return token_values(model, r.prompt, r.prompt_valid, r.response, r.mask)
+
   def update(state: TrainState, r: Rollout, kl_coef, key):
-    adv, returns, kl = advantages_and_returns(r, kl_coef, cfg)
     b = r.scores.shape[0]
     size = b // cfg.minibatches
     order = jnp.concatenate([jax.random.permutation(k, b) for k in jax.random.split(key, cfg.epochs)])
     order = order.reshape(cfg.epochs * cfg.minibatches, size)
+    from_first_step = cfg.algorithm == 'ppo' and r.old_values is None and first_step_values
+    if from_first_step:  # step 0 takes the rows in order (one minibatch: the order does not matter)
+      order = order.at[0].set(jnp.arange(b))
+      old_values = jnp.zeros_like(r.old_log_probs)  # set by step 0
+    else:
+      if cfg.algorithm == 'ppo' and r.old_values is None:
+        r = r._replace(old_values=old_values_pass(state.params, r))
+      elif r.old_values is None:
+        r = r._replace(old_values=jnp.zeros_like(r.old_log_probs))  # unused without a value head
+      adv, returns, kl = advantages_and_returns(r, kl_coef, cfg)
+      old_values = r.old_values
 
-    def step(state, idx):
+    def step(carry, xs):
+      state, old_values = carry
+      i, idx = xs
       take = lambda x: jnp.take(x, idx, axis=0)
       mb = jax.tree.map(take, r)
-      # the losses are token means: each micro-batch counts by its share of the tokens
-      tokens = jnp.sum(train.split_micro_batches(mb.mask, cfg.micro_batches), axis=(1, 2))
-      (loss, metrics), grads = train.accumulated_value_and_grad(
-          loss_fn, state.params, (mb, take(adv), take(returns)), cfg.micro_batches,
-          tokens / jnp.maximum(jnp.sum(tokens), 1))
+      if from_first_step:
+        (loss, (metrics, seen)), grads = jax.value_and_grad(first_values_loss_fn, has_aux=True)(
+            state.params, (mb, kl_coef, take(old_values), i == 0))
+        old_values = jnp.where(i == 0, seen, old_values)  # step 0's rows are in rollout order
+      else:
+        # the losses are token means: each micro-batch counts by its share of the tokens
+        tokens = jnp.sum(train.split_micro_batches(mb.mask, cfg.micro_batches), axis=(1, 2))
+        (loss, metrics), grads = train.accumulated_value_and_grad(
+            loss_fn, state.params, (mb, take(adv), take(returns)), cfg.micro_batches,
+            tokens / jnp.maximum(jnp.sum(tokens), 1))
       state, metrics['skipped'] = apply_gradients(optimizer, state, grads, loss)
       metrics['grad_norm'] = optax.tree.norm(grads)
-      return state, metrics
+      return (state, old_values), metrics
 
-    state, metrics = jax.lax.scan(step, state, order)
+    (state, old_values), metrics = jax.lax.scan(step, (state, old_values),
+                                                (jnp.arange(order.shape[0]), order))
+    if from_first_step:
+      r = r._replace(old_values=old_values)
+      adv, returns, kl = advantages_and_returns(r, kl_coef, cfg)
     skipped = jnp.sum(metrics.pop('skipped'))
     metrics = jax.tree.map(jnp.mean, metrics)
     metrics['skipped'] = skipped  # minibatch steps left out for a non-finite loss or gradient

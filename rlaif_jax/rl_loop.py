@@ -128,15 +128,12 @@ class RLLoop:
                sampling_cfg: sampling.SamplingConfig, optimizer: optax.GradientTransformation,
                scorer: Scorer, value_model: model_lib.Transformer | None = None, pad_id: int = 0):
     self.cfg, self.sampling_cfg, self.scorer, self.mesh = cfg, sampling_cfg, scorer, mesh
-    self.separate_value = cfg.algorithm == 'ppo' and cfg.value_model == 'separate'
     temperature = sampling_cfg.temperature or 1.0
     self.sample = sampling.make_sampler(policy, mesh, sampling_cfg, pad_id)
-    # one compiled scorer serves the reference and (shared value head) the current policy
-    self.score = sampling.make_scorer(policy, mesh, temperature)
+    self.score = sampling.make_scorer(policy, mesh, temperature)  # the reference's log-probs
+    separate = cfg.algorithm == 'ppo' and cfg.value_model == 'separate'
     self.update = rl.make_update(policy, optimizer, mesh, cfg, temperature,
-                                 value_model if self.separate_value else None)
-    if self.separate_value:
-      self.values = sampling.jit_response_fn(value_model, mesh, rl.token_values)
+                                 value_model if separate else None)
 
   def init(self) -> train.TrainState:
     return self.update.init()
@@ -157,19 +154,14 @@ class RLLoop:
     t1 = time.perf_counter()
 
     ref = self.score(ref_params, tokens, valid, out.tokens, out.mask).log_probs
-    if cfg.algorithm == 'ppo' and not self.separate_value:
-      current = self.score(policy, tokens, valid, out.tokens, out.mask)
-      old_log_probs, old_values = current.log_probs, current.values
-    else:  # the sampler's log-probs are the policy's (same temperature); no extra forward pass
-      old_log_probs = out.log_probs
-      old_values = (self.values(state.params['value'], tokens, valid, out.tokens, out.mask)
-                    if self.separate_value else jnp.zeros_like(out.log_probs))
+    # The sampler's log-probs are the policy's (same temperature): no scoring pass for them. PPO's
+    # old values are left to the update, which takes them from its first forward pass when it can.
     scored = self.scorer(ScoreInputs(texts, tokens, valid, out.tokens, out.mask))
     ended = stopped(out.tokens, out.mask, self.sampling_cfg.stop_tokens)
     scores = scored.normalized
     if cfg.missing_eos_penalty:
       scores = apply_missing_stop_penalty(scores, ended, cfg.missing_eos_penalty)
-    rollout = rl.Rollout(tokens, valid, out.tokens, out.mask, old_log_probs, ref, old_values,
+    rollout = rl.Rollout(tokens, valid, out.tokens, out.mask, out.log_probs, ref, None,
                          jnp.asarray(scores, jnp.float32))
     rollout = jax.block_until_ready(rollout)
     t2 = time.perf_counter()

@@ -220,6 +220,39 @@ def test_micro_batches_and_remat_give_the_same_update():
       np.testing.assert_allclose(metrics[name], results[0][1][name], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize('value_model,minibatches', [('shared', 1), ('shared', 2), ('separate', 1)])
+def test_old_values_left_to_the_update_equal_given_ones(value_model, minibatches):
+  """A rollout without old values: the update computes them (from its first step's forward pass with
+  one minibatch, else from a pass of its own) and ends exactly where it does when they are given."""
+  import optax
+  from rlaif_jax import checkpoint_hf
+  single = shd.make_mesh({'data': 1}, jax.devices()[:1])
+  weights, rollout = random_rollout(4, 2, rows=8, new_tokens=6, ragged=True)
+  cfg = rl.RLConfig('ppo', epochs=2, minibatches=minibatches, value_model=value_model)
+  models = lambda: (pretrained.place(CFG, weights, single),
+                    pretrained.random_model(CFG, 5, single) if value_model == 'separate' else None)
+  policy, value = models()
+  if value is not None:  # the given old values are the separate value model's
+    values = sampling.jit_response_fn(value, single, rl.token_values)(
+        nnx.state(value, nnx.Param), rollout.prompt, rollout.prompt_valid, rollout.response,
+        rollout.mask)
+    rollout = rollout._replace(old_values=np.asarray(values))
+  results = []
+  for given in (rollout, rollout._replace(old_values=None)):
+    policy, value = models()
+    update = rl.make_update(policy, optax.sgd(0.05), single, cfg, value_model=value)
+    state, metrics = update(update.init(), given, 0.05, jax.random.key(1))
+    results.append(({k: checkpoint_hf.host_arrays(v) for k, v in state.params.items()},
+                    jax.device_get(metrics)))
+  (given, m_given), (inside, m_inside) = results
+  assert max(np.abs(given['policy'][n] - weights[n]).max() for n in weights) > 1e-4
+  for part in given:
+    for name in given[part]:
+      np.testing.assert_allclose(inside[part][name], given[part][name], atol=1e-5, err_msg=name)
+  for name in ('policy_loss', 'value_loss', 'explained_variance', 'kl', 'clip_fraction'):
+    np.testing.assert_allclose(m_inside[name], m_given[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
 def test_micro_batches_must_divide_the_minibatch():
   import optax
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
