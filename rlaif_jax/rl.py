@@ -143,16 +143,20 @@ def make_update(model: model_lib.Transformer, optimizer: optax.GradientTransform
     v_graphdef, _, v_rest = nnx.split(value_model, nnx.Param, ...)
   first_step_values = values_from_first_step(cfg)
 
+  def critic(params):
+    """The model whose scalar head gives PPO's values: the separate value model or the policy."""
+    if separate:
+      return nnx.merge(v_graphdef, params['value'], v_rest)
+    return nnx.merge(graphdef, params['policy'], rest)
+
   def forward(params, mb):
     """Teacher-forced policy scores of the minibatch and the value model's values (None w/o PPO)."""
     policy = nnx.merge(graphdef, params['policy'], rest)
     s = sampling.score(policy, mb.prompt, mb.prompt_valid, mb.response, mb.mask, temperature)
     values = None
-    if cfg.algorithm == 'ppo':
-      values = s.values
-      if separate:
-        values = token_values(nnx.merge(v_graphdef, params['value'], v_rest), mb.prompt,
-                              mb.prompt_valid, mb.response, mb.mask)
+    if cfg.algorithm == 'ppo':  # a shared head's values come out of the policy's own pass
+      values = (token_values(critic(params), mb.prompt, mb.prompt_valid, mb.response, mb.mask)
+                if separate else s.values)
     return s, values
 
   def objective(s, values, mb, adv, returns):
@@ -185,18 +189,14 @@ def make_update(model: model_lib.Transformer, optimizer: optax.GradientTransform
   def old_values_pass(params, r):
     """The value model's values on the whole rollout (a forward pass only), for updates that do not
     take them from their first step."""
-    if separate:
-      model = nnx.merge(v_graphdef, params['value'], v_rest)
-    else:
-      model = nnx.merge(graphdef, params['policy'], rest)
-    return token_values(model, r.prompt, r.prompt_valid, r.response, r.mask)
+    return token_values(critic(params), r.prompt, r.prompt_valid, r.response, r.mask)
 
   def update(state: TrainState, r: Rollout, kl_coef, key):
     b = r.scores.shape[0]
     size = b // cfg.minibatches
     order = jnp.concatenate([jax.random.permutation(k, b) for k in jax.random.split(key, cfg.epochs)])
     order = order.reshape(cfg.epochs * cfg.minibatches, size)
-    from_first_step = cfg.algorithm == 'ppo' and r.old_values is None and first_step_values
+    from_first_step = first_step_values and r.old_values is None
     if from_first_step:  # step 0 takes the rows in order (one minibatch: the order does not matter)
       order = order.at[0].set(jnp.arange(b))
       old_values = jnp.zeros_like(r.old_log_probs)  # set by step 0

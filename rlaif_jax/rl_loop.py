@@ -131,9 +131,8 @@ class RLLoop:
     temperature = sampling_cfg.temperature or 1.0
     self.sample = sampling.make_sampler(policy, mesh, sampling_cfg, pad_id)
     self.score = sampling.make_scorer(policy, mesh, temperature)  # the reference's log-probs
-    separate = cfg.algorithm == 'ppo' and cfg.value_model == 'separate'
-    self.update = rl.make_update(policy, optimizer, mesh, cfg, temperature,
-                                 value_model if separate else None)
+    # the value model is used with rl.value_model='separate' (PPO) and ignored otherwise
+    self.update = rl.make_update(policy, optimizer, mesh, cfg, temperature, value_model)
 
   def init(self) -> train.TrainState:
     return self.update.init()

@@ -231,7 +231,7 @@ def test_old_values_left_to_the_update_equal_given_ones(value_model, minibatches
   cfg = rl.RLConfig('ppo', epochs=2, minibatches=minibatches, value_model=value_model)
   models = lambda: (pretrained.place(CFG, weights, single),
                     pretrained.random_model(CFG, 5, single) if value_model == 'separate' else None)
-  policy, value = models()
+  value = models()[1]
   if value is not None:  # the given old values are the separate value model's
     values = sampling.jit_response_fn(value, single, rl.token_values)(
         nnx.state(value, nnx.Param), rollout.prompt, rollout.prompt_valid, rollout.response,
