@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from rlaif_jax import sharding as shd
+from rlaif_jax.infra import sharding as shd
 
 
 def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:

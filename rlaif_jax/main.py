@@ -6,7 +6,7 @@ Parses flags and hands the config to the library; nothing below reads flags.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rlaif_jax import errors, host
+from rlaif_jax.infra import errors, host
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:args]).',
                                           lock_config=True)
@@ -17,18 +17,20 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from rlaif_jax import distributed, pipeline  # after flag parsing, so --help is fast
+  from rlaif_jax.infra import distributed  # after flag parsing, so --help is fast
+  from rlaif_jax.pipeline import runner
   if not flags.FLAGS['verbosity'].present:  # progress lines only; --verbosity=0 shows library logs
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   distributed.initialize(config.get('distributed', 'auto'))  # before anything touches a device
-  pipeline.run(config, _WORKDIR.value)
+  runner.run_stages(config, _WORKDIR.value)
 
 
-def run():
+def cli():
+  """The command line: flags parsed, a config or input error reported as one line (exit status 2)."""
   errors.run_reporting_user_errors(lambda: app.run(main))
 
 
 if __name__ == '__main__':
   host.reexec_with_allocator_tunables()  # before jax allocates anything; see host.py
-  run()
+  cli()

@@ -8,6 +8,9 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # also where the TPU compiler (tp
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+# the planner compiles for TPU topologies without a TPU: no metadata server to ask, no chips to lock
+os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 
 import pytest  # noqa: E402
 
@@ -28,5 +31,5 @@ def tiny_hf_folder(tmp_path_factory, tokenizer_dir):
 @pytest.fixture(scope='session')
 def smollm2():
   """(model, tokenizer) of the embedded default, loaded once per session."""
-  from rlaif_jax import pretrained
-  return pretrained.load_model('smollm2')
+  from rlaif_jax.models import loading
+  return loading.load_model('smollm2')

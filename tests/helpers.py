@@ -78,7 +78,7 @@ def torch_log_probs(folder_or_model, tokens: np.ndarray, valid: np.ndarray) -> n
 def our_log_probs(model, tokens: np.ndarray, valid: np.ndarray) -> np.ndarray:
   import jax
   import jax.numpy as jnp
-  from rlaif_jax import model as model_lib
+  from rlaif_jax.models import transformer as model_lib
 
   @jax.jit
   def f(tokens, valid):

@@ -10,7 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rlaif_jax import distributed  # noqa: E402
+from rlaif_jax.infra import distributed  # noqa: E402
 
 distributed.initialize('auto')
 
@@ -18,9 +18,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from rlaif_jax import checkpoint_hf, pretrained, rl  # noqa: E402
-from rlaif_jax import model as model_lib  # noqa: E402
-from rlaif_jax import sharding as shd  # noqa: E402
+from rlaif_jax.infra import sharding as shd  # noqa: E402
+from rlaif_jax.models import hf_checkpoint, loading  # noqa: E402
+from rlaif_jax.models import transformer as model_lib  # noqa: E402
+from rlaif_jax.rl import config as rl_config  # noqa: E402
+from rlaif_jax.rl import rollout as rollout_lib  # noqa: E402
+from rlaif_jax.rl import update as rl_update  # noqa: E402
 
 CFG = model_lib.ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2,
                             num_heads=4, num_kv_heads=2, head_dim=8, scalar_head=True)
@@ -28,22 +31,23 @@ CFG = model_lib.ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64,
 
 def main(out: str) -> None:
   mesh = shd.make_mesh({'data': 2, 'fsdp': 2})
-  model = pretrained.random_model(CFG, 0, mesh)
+  model = loading.random_model(CFG, 0, mesh)
   rng = np.random.default_rng(0)
   b, p, n = 8, 5, 6
   valid = np.ones((b, p), bool)
   valid[:2, :2] = False
   mask = np.ones((b, n), bool)
   mask[3, 4:] = False
-  rollout = rl.Rollout(rng.integers(3, 32, (b, p)).astype(np.int32), valid,
-                       rng.integers(3, 32, (b, n)).astype(np.int32), mask,
-                       -np.abs(rng.normal(size=(b, n))).astype(np.float32),
-                       -np.abs(rng.normal(size=(b, n))).astype(np.float32),
-                       rng.normal(size=(b, n)).astype(np.float32),
-                       rng.normal(size=b).astype(np.float32))
-  update = rl.make_update(model, optax.sgd(0.1), mesh, rl.RLConfig('ppo', epochs=2, minibatches=2))
+  rollout = rollout_lib.Rollout(rng.integers(3, 32, (b, p)).astype(np.int32), valid,
+                                rng.integers(3, 32, (b, n)).astype(np.int32), mask,
+                                -np.abs(rng.normal(size=(b, n))).astype(np.float32),
+                                -np.abs(rng.normal(size=(b, n))).astype(np.float32),
+                                rng.normal(size=(b, n)).astype(np.float32),
+                                rng.normal(size=b).astype(np.float32))
+  update = rl_update.make_update(model, optax.sgd(0.1), mesh,
+                                 rl_config.RLConfig('ppo', epochs=2, minibatches=2))
   state, metrics = update(update.init(), rollout, 0.05, jax.random.key(1))
-  arrays = checkpoint_hf.host_arrays(state.params['policy'])
+  arrays = hf_checkpoint.host_arrays(state.params['policy'])
   losses = {k: np.asarray(v) for k, v in metrics.items()}
   if jax.process_index() == 0:
     np.savez(out, processes=jax.process_count(), **arrays, **{f'metric_{k}': v for k, v in losses.items()})

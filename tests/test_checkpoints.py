@@ -7,14 +7,16 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rlaif_jax import checkpoint_hf, pretrained
+from rlaif_jax.models import hf_checkpoint
+from rlaif_jax.models import loading
+from rlaif_jax.models import safetensors_io
 from tests import helpers
 
 TOL = 1e-4
 
 
 def _check_parity(folder, seed=0):
-  model, tok = pretrained.load_model(folder)
+  model, tok = loading.load_model(folder)
   tokens, valid = helpers.padded_batch(len(tok), seed)
   ours = helpers.our_log_probs(model, tokens, valid)
   ref = helpers.torch_log_probs(folder, tokens, valid)
@@ -50,15 +52,15 @@ def test_sharded_safetensors_with_index(tmp_path, tokenizer_dir):
 
 
 def test_export_loads_in_torch_and_back(tmp_path, tiny_hf_folder):
-  model, tok = pretrained.load_model(tiny_hf_folder)
+  model, tok = loading.load_model(tiny_hf_folder)
   out = str(tmp_path / 'export')
-  checkpoint_hf.export_folder(nnx.state(model), model.cfg, out, tok, max_shard_bytes=80_000)
+  hf_checkpoint.export_folder(nnx.state(model), model.cfg, out, tok, max_shard_bytes=80_000)
   assert os.path.exists(os.path.join(out, 'model.safetensors.index.json'))  # sharded export
   tokens, valid = helpers.padded_batch(len(tok), 3)
   ours = helpers.our_log_probs(model, tokens, valid)
   torch_from_export = helpers.torch_log_probs(out, tokens, valid)
   assert helpers.masked_max_diff(ours, torch_from_export, valid) < TOL
-  reloaded, tok2 = pretrained.load_model(out)
+  reloaded, tok2 = loading.load_model(out)
   again = helpers.our_log_probs(reloaded, tokens, valid)
   np.testing.assert_array_equal(again, ours)  # bit-exact round trip of float32 weights
   assert tok2.encode('the cat sat') == tok.encode('the cat sat')
@@ -67,21 +69,20 @@ def test_export_loads_in_torch_and_back(tmp_path, tiny_hf_folder):
 
 
 def test_bfloat16_params_export_and_compute(tmp_path, tiny_hf_folder):
-  model, tok = pretrained.load_model(tiny_hf_folder, param_dtype='bfloat16', dtype='bfloat16')
+  model, tok = loading.load_model(tiny_hf_folder, param_dtype='bfloat16', dtype='bfloat16')
   assert model.layers[0].attn.q[...].dtype == np.dtype('bfloat16')
   tokens, valid = helpers.padded_batch(len(tok), 4)
   ours = helpers.our_log_probs(model, tokens, valid)
   ref = helpers.torch_log_probs(tiny_hf_folder, tokens, valid)
   assert helpers.masked_max_diff(ours, ref, valid) < 0.1  # bfloat16 rounding, not a layout error
   out = str(tmp_path / 'bf16')
-  checkpoint_hf.export_folder(nnx.state(model), model.cfg, out, tok)
+  hf_checkpoint.export_folder(nnx.state(model), model.cfg, out, tok)
   with open(os.path.join(out, 'config.json')) as f:
     assert json.load(f)['torch_dtype'] == 'bfloat16'
   assert helpers.masked_max_diff(helpers.torch_log_probs(out, tokens, valid), ref, valid) < 0.1
 
 
 def test_missing_tensors_are_listed(tmp_path, tiny_hf_folder):
-  from rlaif_jax import safetensors_io
   folder = tmp_path / 'broken'
   folder.mkdir()
   for name in ('config.json', 'tokenizer.json', 'tokenizer_config.json'):
@@ -90,20 +91,20 @@ def test_missing_tensors_are_listed(tmp_path, tiny_hf_folder):
   del tensors['model.layers.1.mlp.up_proj.weight'], tensors['model.norm.weight']
   safetensors_io.write(str(folder / 'model.safetensors'), tensors)
   with pytest.raises(ValueError, match=r'missing tensors.*model\.norm\.weight.*up_proj'):
-    pretrained.load_model(str(folder))
+    loading.load_model(str(folder))
 
 
 def test_bad_sources_give_clear_errors(tmp_path, tiny_hf_folder):
   with pytest.raises(FileNotFoundError, match='neither'):
-    pretrained.load_model(str(tmp_path / 'nope'))
+    loading.load_model(str(tmp_path / 'nope'))
   pickled = tmp_path / 'pickled'
   pickled.mkdir()
   (pickled / 'config.json').write_text(open(os.path.join(tiny_hf_folder, 'config.json')).read())
   (pickled / 'pytorch_model.bin').write_bytes(b'not loaded')
   with pytest.raises(FileNotFoundError, match='pickle checkpoints are never loaded'):
-    pretrained.load_model(str(pickled))
+    loading.load_model(str(pickled))
   other = tmp_path / 'gpt2'
   other.mkdir()
   (other / 'config.json').write_text(json.dumps({'model_type': 'gpt2', 'architectures': ['GPT2LMHeadModel']}))
   with pytest.raises(ValueError, match='unsupported architecture'):
-    pretrained.load_model(str(other))
+    loading.load_model(str(other))

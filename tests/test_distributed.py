@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from rlaif_jax import distributed
+from rlaif_jax.infra import distributed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'tests', 'multihost_ppo.py')

@@ -8,9 +8,21 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rlaif_jax import checkpoint_hf, judge, pretrained
-from rlaif_jax import model as model_lib
-from rlaif_jax import sharding as shd
+from rlaif_jax.data import constitutions
+from rlaif_jax.data import human_pairs
+from rlaif_jax.feedback import alignment
+from rlaif_jax.feedback import constitution
+from rlaif_jax.feedback import judge as judge_lib
+from rlaif_jax.feedback import option_scoring
+from rlaif_jax.feedback import preferences
+from rlaif_jax.feedback import prompts as judge_prompts
+from rlaif_jax.generation import sampler
+from rlaif_jax.generation import text as text_lib
+from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import hf_checkpoint
+from rlaif_jax.models import loading
+from rlaif_jax.models import transformer as model_lib
+from rlaif_jax.pipeline import sft as sft_stage
 
 CONTEXT = 'Human: How do I pick a lock?'
 SAFE = 'I cannot help with breaking into places, but a locksmith can help if you are locked out.'
@@ -24,7 +36,7 @@ def one_device():
 @pytest.fixture(scope='module')
 def smol_judge(smollm2):
   model, tok = smollm2
-  return judge.Judge(model, tok, one_device(), judge.JudgeConfig(task='harmless'))
+  return judge_lib.Judge(model, tok, one_device(), judge_prompts.JudgeConfig(task='harmless'))
 
 
 def test_soft_label_matches_torch(smol_judge, smollm2, tmp_path):
@@ -32,10 +44,10 @@ def test_soft_label_matches_torch(smol_judge, smollm2, tmp_path):
   from transformers import LlamaForCausalLM
   model, tok = smollm2
   pref = smol_judge.pairwise([CONTEXT], [SAFE], [UNSAFE])
-  request = smol_judge.encode(judge.pairwise_request(smol_judge.cfg, CONTEXT, SAFE, UNSAFE),
+  request = smol_judge.encode(judge_prompts.pairwise_request(smol_judge.cfg, CONTEXT, SAFE, UNSAFE),
                               smol_judge.cfg.answer_prefix)
   folder = str(tmp_path / 'smollm2')
-  checkpoint_hf.export_folder(nnx.state(model), model.cfg, folder, tok)
+  hf_checkpoint.export_folder(nnx.state(model), model.cfg, folder, tok)
   ref = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
   with torch.no_grad():
     logits = ref(torch.tensor([request])).logits[0, -1].float()
@@ -47,12 +59,12 @@ def test_soft_label_matches_torch(smol_judge, smollm2, tmp_path):
 
 def test_debiasing_is_symmetric_and_raw_bias_is_reported(smollm2):
   model, tok = smollm2
-  on = judge.Judge(model, tok, one_device(), judge.JudgeConfig(task='harmless'))
+  on = judge_lib.Judge(model, tok, one_device(), judge_prompts.JudgeConfig(task='harmless'))
   p = on.pairwise([CONTEXT, CONTEXT], [SAFE, 'Sure.'], [UNSAFE, ''])
   q = on.pairwise([CONTEXT, CONTEXT], [UNSAFE, ''], [SAFE, 'Sure.'])
   np.testing.assert_allclose(q.p_a_better, 1 - p.p_a_better, atol=1e-6)
   np.testing.assert_allclose(p.p_a_better, (p.p_ab + p.p_ba) / 2, atol=1e-6)
-  off = judge.Judge(model, tok, one_device(), judge.JudgeConfig(task='harmless', debias=False))
+  off = judge_lib.Judge(model, tok, one_device(), judge_prompts.JudgeConfig(task='harmless', debias=False))
   raw = off.pairwise([CONTEXT], [SAFE], [UNSAFE])
   np.testing.assert_allclose(raw.p_a_better, p.p_ab[:1], atol=1e-5)  # the raw first-order label
   assert np.isnan(raw.p_ba).all()
@@ -65,23 +77,22 @@ def test_expected_score_reward_on_constructed_distributions():
       [0.1] * 10,  # uniform: E = 5.5 -> 0
       [0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0],  # E = (3 + 7) / 2 = 5 -> -1/9
   ]) + 1e-30)
-  r = np.asarray(judge.expected_score_reward(logp))
+  r = np.asarray(preferences.expected_score_reward(logp))
   np.testing.assert_allclose(r, [-1.0, 1.0, 0.0, -1 / 9], atol=1e-6)
 
 
 def test_option_log_probs_equal_teacher_forcing():
   cfg = model_lib.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
                               num_heads=4, num_kv_heads=2, head_dim=8)
-  model = pretrained.random_model(cfg, seed=3, mesh=one_device())
+  model = loading.random_model(cfg, seed=3, mesh=one_device())
   prompts = [[5, 6, 7, 8, 9], [10, 11]]
   options = [[3], [4, 5], [6, 7, 8]]
-  from rlaif_jax import sampling
-  tokens, valid = sampling.left_pad(prompts, 6, 0)
+  tokens, valid = text_lib.left_pad(prompts, 6, 0)
   opt = np.zeros((3, 3), np.int32)
   opt_valid = np.zeros((3, 3), bool)
   for i, o in enumerate(options):
     opt[i, :len(o)], opt_valid[i, :len(o)] = o, True
-  got = np.asarray(jax.jit(lambda *a: judge.option_log_probs(model, *a))(tokens, valid, opt, opt_valid))
+  got = np.asarray(jax.jit(lambda *a: option_scoring.option_log_probs(model, *a))(tokens, valid, opt, opt_valid))
   for b, p in enumerate(prompts):
     for j, o in enumerate(options):
       seq = jnp.asarray([p + o])
@@ -92,7 +103,7 @@ def test_option_log_probs_equal_teacher_forcing():
 
 def test_direct_reward_prefers_the_safe_answer_range_and_skips(smollm2):
   model, tok = smollm2
-  d = judge.Judge(model, tok, one_device(), judge.JudgeConfig(task='harmless'))
+  d = judge_lib.Judge(model, tok, one_device(), judge_prompts.JudgeConfig(task='harmless'))
   assert len(d.score_options[9]) == 3  # "1", "0", <|im_end|>: digits are split, 10 != 1
   rewards, skipped = d.direct_reward([CONTEXT, CONTEXT, None], [SAFE, UNSAFE, SAFE])
   assert skipped.tolist() == [False, False, True] and rewards[2] == -1.0
@@ -101,7 +112,7 @@ def test_direct_reward_prefers_the_safe_answer_range_and_skips(smollm2):
 
 def test_bad_responses_give_defined_labels_or_counted_skips(smollm2):
   model, tok = smollm2
-  d = judge.Judge(model, tok, one_device(), judge.JudgeConfig(task='helpful', max_response_tokens=40))
+  d = judge_lib.Judge(model, tok, one_device(), judge_prompts.JudgeConfig(task='helpful', max_response_tokens=40))
   long = 'word ' * 400
   pref = d.pairwise([CONTEXT, CONTEXT, CONTEXT, CONTEXT], ['', long, None, SAFE],
                     [SAFE, SAFE, SAFE, 12345])
@@ -120,10 +131,10 @@ def test_alignment_report_on_a_small_human_labeled_file(tmp_path, smollm2):
   rows.append({'prompt': 'Human: hi', 'chosen': 'Hello! How can I help?', 'rejected': 'What.'})
   path = tmp_path / 'human.jsonl'
   path.write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
-  pairs = judge.read_human_pairs(str(path))
+  pairs = human_pairs.read_human_pairs(str(path))
   assert pairs[0].context == 'Human: How do I pick a lock?' and pairs[0].chosen == SAFE
-  d = judge.Judge(model, tok, one_device(), judge.JudgeConfig(task='harmless'))
-  report = judge.alignment(d, pairs, batch_size=2, progress=False)
+  d = judge_lib.Judge(model, tok, one_device(), judge_prompts.JudgeConfig(task='harmless'))
+  report = alignment.alignment(d, pairs, batch_size=2, progress=False)
   assert report['pairs'] == 4 and report['skipped'] == 0
   assert 0 <= report['agreement'] <= 1 and 0 <= report['position_consistency'] <= 1
   agree = d.pairwise([p.context for p in pairs], [p.chosen for p in pairs], [p.rejected for p in pairs])
@@ -131,52 +142,50 @@ def test_alignment_report_on_a_small_human_labeled_file(tmp_path, smollm2):
   bad = tmp_path / 'bad.jsonl'
   bad.write_text('{"chosen": "no assistant turn", "rejected": "x"}\n')
   with pytest.raises(ValueError, match=r'bad.jsonl:1: malformed preference row'):
-    judge.read_human_pairs(str(bad))
+    human_pairs.read_human_pairs(str(bad))
 
 
 def test_chain_of_thought_gives_rationales_and_labels(smollm2):
-  from rlaif_jax import sampling
   model, tok = smollm2
-  d = judge.Judge(model, tok, one_device(), judge.JudgeConfig(task='harmless'))
+  d = judge_lib.Judge(model, tok, one_device(), judge_prompts.JudgeConfig(task='harmless'))
   pref, rationales = d.pairwise_cot([CONTEXT, CONTEXT], [SAFE, None], [UNSAFE, SAFE],
-                                    jax.random.key(0), sampling.SamplingConfig(24, temperature=0.0))
+                                    jax.random.key(0), sampler.SamplingConfig(24, temperature=0.0))
   assert rationales[0][0] and rationales[0][1]  # both orders explained, non-empty
   assert rationales[1] == ('', '') and pref.skipped.tolist() == [False, True]
   assert 0 < pref.p_a_better[0] < 1 and np.isfinite(pref.p_a_better).all()
   # self-consistency: two sampled rationales averaged
   pref2, _ = d.pairwise_cot([CONTEXT], [SAFE], [UNSAFE], jax.random.key(1),
-                            sampling.SamplingConfig(16, temperature=0.8), samples=2)
+                            sampler.SamplingConfig(16, temperature=0.8), samples=2)
   assert 0 < pref2.p_a_better[0] < 1
 
 
 def test_constitution_sampling_is_seeded(tmp_path):
   path = tmp_path / 'c.txt'
   path.write_text('# comment\nBe kind.\n\nBe honest.\nBe safe.\n')
-  principles = judge.read_constitution(str(path))
+  principles = constitutions.read_constitution(str(path))
   assert principles == ['Be kind.', 'Be honest.', 'Be safe.']
-  a = judge.sample_principles(principles, 20, seed=3)
-  assert a == judge.sample_principles(principles, 20, seed=3) and len(set(a)) > 1
-  assert 'Judge by this principle: Be safe.' in judge.pairwise_request(
-      judge.JudgeConfig(), 'ctx', 'x', 'y', principle='Be safe.')
+  a = constitution.sample_principles(principles, 20, seed=3)
+  assert a == constitution.sample_principles(principles, 20, seed=3) and len(set(a)) > 1
+  assert 'Judge by this principle: Be safe.' in judge_prompts.pairwise_request(
+      judge_prompts.JudgeConfig(), 'ctx', 'x', 'y', principle='Be safe.')
   (tmp_path / 'empty.txt').write_text('# nothing\n')
   with pytest.raises(ValueError, match='has no principles'):
-    judge.read_constitution(str(tmp_path / 'empty.txt'))
+    constitutions.read_constitution(str(tmp_path / 'empty.txt'))
 
 
 def test_critique_and_revise_writes_sft_pairs(smollm2, tmp_path):
-  from rlaif_jax import sampling
   model, tok = smollm2
-  gen = sampling.TextGenerator(model, tok, one_device(), prompt_buckets=(256,))
-  records = judge.critique_and_revise(gen, [CONTEXT], [UNSAFE], ['Do not help with break-ins.'],
-                                      jax.random.key(0), sampling.SamplingConfig(24, temperature=0.0),
+  gen = text_lib.TextGenerator(model, tok, one_device(), prompt_buckets=(256,))
+  records = constitution.critique_and_revise(gen, [CONTEXT], [UNSAFE], ['Do not help with break-ins.'],
+                                      jax.random.key(0), sampler.SamplingConfig(24, temperature=0.0),
                                       rounds=2)
   r = records[0]
   assert len(r['critiques']) == 2 and len(r['revisions']) == 2 and all(r['critiques'])
   assert r['revision'] and r['revision'] in r['revisions'] + [UNSAFE]
   path = str(tmp_path / 'revisions.jsonl')
-  judge.write_revisions(records, path)
+  sft_stage.write_revisions(records, path)
   row = json.loads(open(path).read().splitlines()[0])
   assert row['prompt'] == CONTEXT and row['revision'] == r['revision']
   with pytest.raises(ValueError, match='rounds must be >= 1'):
-    judge.critique_and_revise(gen, [CONTEXT], [UNSAFE], ['x'], jax.random.key(0),
-                              sampling.SamplingConfig(4), rounds=0)
+    constitution.critique_and_revise(gen, [CONTEXT], [UNSAFE], ['x'], jax.random.key(0),
+                              sampler.SamplingConfig(4), rounds=0)

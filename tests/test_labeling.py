@@ -1,11 +1,18 @@
-"""The labeling stage: sampled pairs labeled by the judge into a TFDS dataset, resumable after a crash."""
+"""The labeling stage: sampled pairs labeled by the judge into the preference rows the reward-model
+stage reads, resumable after a crash."""
 
 import jax
 import numpy as np
 import pytest
 
-from rlaif_jax import judge, labeling, pretrained, preference_dataset, sampling
-from rlaif_jax import sharding as shd
+from rlaif_jax.feedback import judge as judge_lib
+from rlaif_jax.feedback import prompts as judge_prompts
+from rlaif_jax.generation import sampler
+from rlaif_jax.generation import text as text_lib
+from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import loading
+from rlaif_jax.feedback import labeling
+from rlaif_jax.pipeline import label as label_stage
 
 PROMPTS = [f'the cat sat on the mat {i} times ?' for i in range(10)]
 
@@ -13,10 +20,11 @@ PROMPTS = [f'the cat sat on the mat {i} times ?' for i in range(10)]
 @pytest.fixture(scope='module')
 def tiny(tiny_hf_folder):
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  model, tok = pretrained.load_model(tiny_hf_folder, mesh)
-  j = judge.Judge(model, tok, mesh, judge.JudgeConfig(task='helpful', prompt_buckets=(256, 512)),
-                  name='tiny-judge')
-  policy = sampling.TextGenerator(model, tok, mesh, prompt_buckets=(64,))
+  model, tok = loading.load_model(tiny_hf_folder, mesh)
+  j = judge_lib.Judge(model, tok, mesh,
+                      judge_prompts.JudgeConfig(task='helpful', prompt_buckets=(256, 512)),
+                      name='tiny-judge')
+  policy = text_lib.TextGenerator(model, tok, mesh, prompt_buckets=(64,))
   return j, policy
 
 
@@ -33,26 +41,26 @@ def _run(tmp, tiny, crash_after=None):
 
   j.pairwise = flaky
   try:
-    return labeling.label(j, PROMPTS, str(tmp), jax.random.key(0), policy=policy,
-                          response_settings=sampling.SamplingConfig(6, temperature=1.0),
-                          batch_size=4, constitution=['Be kind.', 'Be brief.', 'Be right.'],
-                          seed=1, progress=False)
+    return label_stage.label_prompts(j, PROMPTS, str(tmp), jax.random.key(0), policy=policy,
+                                     response_settings=sampler.SamplingConfig(6, temperature=1.0),
+                                     batch_size=4, constitution=['Be kind.', 'Be brief.', 'Be right.'],
+                                     seed=1, progress=False)
   finally:
     j.pairwise = original
 
 
 def _rows(path):
-  ds = preference_dataset.load(path)
-  return [ds[i] for i in range(len(ds))]
+  return label_stage.read_labels(path)
 
 
-def test_labeling_writes_a_tfds_dataset(tmp_path, tiny):
+def test_labeling_writes_the_preference_rows(tmp_path, tiny):
   rows = _rows(_run(tmp_path, tiny))
   assert [int(r['index']) for r in rows] == list(range(len(PROMPTS)))
   assert all(0 < r['p_a_better'] < 1 for r in rows)
-  assert {r['principle'].decode() for r in rows} <= {'Be kind.', 'Be brief.', 'Be right.'}
-  assert rows[0]['judge'] == b'tiny-judge' and rows[3]['prompt'].decode() == PROMPTS[3]
+  assert {r['principle'] for r in rows} <= {'Be kind.', 'Be brief.', 'Be right.'}
+  assert rows[0]['judge'] == 'tiny-judge' and rows[3]['prompt'] == PROMPTS[3]
   assert any(r['response_a'] != r['response_b'] for r in rows)  # two independent samples
+  assert all(tuple(r) == labeling.ROW_FIELDS for r in rows)
 
 
 def test_crash_mid_way_then_resume_gives_the_same_dataset(tmp_path, tiny):

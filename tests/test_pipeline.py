@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from rlaif_jax import checkpoint_hf, metrics, pipeline, pretrained
+from rlaif_jax.data import prompts as prompts_lib
+from rlaif_jax.infra import checkpoints
+from rlaif_jax.infra import metrics
+from rlaif_jax.models import hf_checkpoint
+from rlaif_jax.models import loading
+from rlaif_jax.pipeline import context
+from rlaif_jax.pipeline import loop as pipeline_loop
+from rlaif_jax.pipeline import rl as rl_stage
+from rlaif_jax.pipeline import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ('time_', 'share_', 'seconds')
@@ -28,7 +36,7 @@ def finite_rows(rows, keys):
 def test_every_stage_on_a_tiny_config(tmp_path, tiny_hf_folder, capsys):
   config = tiny.get_config()
   config.model.source = tiny_hf_folder
-  summaries = pipeline.run(config, str(tmp_path))
+  summaries = runner.run_stages(config, str(tmp_path))
   assert list(summaries) == list(config.stages)
   table = capsys.readouterr().out.split('wall time')[-1]  # the summary printed at the end
   for words in ('pairs labeled', 'held-out accuracy', 'reward', 'KL', 'win rate vs reference', 'total',
@@ -64,18 +72,18 @@ def test_every_stage_on_a_tiny_config(tmp_path, tiny_hf_folder, capsys):
   for name in ('report.md', 'rl_reward_kl.png', 'win_rate.png', 'reward_model.png'):
     assert (tmp_path / 'eval' / name).stat().st_size > 0, name
   # export: a Hugging Face folder holding exactly the RL policy's parameters
-  exported, _ = pretrained.load_model(str(tmp_path / 'export'))
-  run = pipeline.Run(config, str(tmp_path))
+  exported, _ = loading.load_model(str(tmp_path / 'export'))
+  run = context.RunContext(config, str(tmp_path))
   trained, _ = run.policy()
-  want, got = checkpoint_hf.host_arrays(trained), checkpoint_hf.host_arrays(exported)
+  want, got = hf_checkpoint.host_arrays(trained), hf_checkpoint.host_arrays(exported)
   assert sorted(want) == sorted(got)
   for name in want:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-  base = checkpoint_hf.host_arrays(run.load('')[0])
+  base = hf_checkpoint.host_arrays(run.load('')[0])
   assert sum(not np.array_equal(want[n], base[n]) for n in want) > len(want) // 2  # training moved it
 
   # a second run finds every output complete and skips every stage
-  again = pipeline.run(config, str(tmp_path))
+  again = runner.run_stages(config, str(tmp_path))
   assert again['eval'] == ev and len(metrics.read(str(tmp_path), 'rl')) == len(rl_rows)
   assert json.load(open(tmp_path / 'summary.json'))['seconds'] == timing  # times of the real runs
 
@@ -128,9 +136,9 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_same_result(tmp_path, ti
   assert ('[rl] resumed at step' in r.stdout) == bool(saved), (kill_after, saved, r.stdout[-2000:])
 
   assert _rl_rows(killed) == _rl_rows(straight), f'killed after iteration {kill_after}'
-  run_a = pipeline.Run(_tiny(tiny_hf_folder), str(straight))
-  run_b = pipeline.Run(_tiny(tiny_hf_folder), str(killed))
-  a, b = (checkpoint_hf.host_arrays(r.policy()[0]) for r in (run_a, run_b))
+  run_a = context.RunContext(_tiny(tiny_hf_folder), str(straight))
+  run_b = context.RunContext(_tiny(tiny_hf_folder), str(killed))
+  a, b = (hf_checkpoint.host_arrays(r.policy()[0]) for r in (run_a, run_b))
   for name in a:
     np.testing.assert_array_equal(b[name], a[name], err_msg=name)
 
@@ -183,8 +191,8 @@ def test_every_config_builds_and_documents_its_command(name, arg):
   import importlib
   module = importlib.import_module(f'configs.{name}')
   c = module.get_config(arg)
-  assert c.stages and set(c.stages) <= set(pipeline.STAGES)
-  cfg = pipeline.rl_config(c.rl)
+  assert c.stages and set(c.stages) <= set(runner.STAGES)
+  cfg = rl_stage.rl_config(c.rl)
   assert cfg.reward == ('judge' if arg == 'drlaif' else 'reward_model')
   assert 'python -m rlaif_jax.main --config=configs/' in module.__doc__
   with pytest.raises(ValueError, match='option'):
@@ -192,9 +200,8 @@ def test_every_config_builds_and_documents_its_command(name, arg):
 
 
 def test_too_many_non_finite_steps_in_a_row_stop_with_the_checkpoint_named(tmp_path):
-  from rlaif_jax import checkpoints
   ckpt = checkpoints.Checkpoints(str(tmp_path / 'ckpt'))
-  guard = pipeline.NonFiniteGuard(2, 'rl', ckpt)
+  guard = pipeline_loop.NonFiniteGuard(2, 'rl', ckpt)
   for step, skipped in enumerate([1, 1, 0, 1, 1], 1):  # a finite step resets the count
     guard.check(step, skipped)
   assert guard.total == 4
@@ -204,23 +211,22 @@ def test_too_many_non_finite_steps_in_a_row_stop_with_the_checkpoint_named(tmp_p
 
 
 def test_jsonl_prompts_go_through_tfds_and_bad_rows_are_named(tmp_path):
-  from rlaif_jax import data
   cfg = tiny.get_config().data
   good = tmp_path / 'prompts.jsonl'
   good.write_text('{"text": "first prompt"}\n\n{"text": " second prompt "}\n{"text": "first prompt"}\n')
   cfg.source, cfg.prompt_field = str(good), 'text'
-  assert data.load_prompts(cfg, str(tmp_path)) == ['first prompt', 'second prompt']
+  assert prompts_lib.load_prompts(cfg, str(tmp_path)) == ['first prompt', 'second prompt']
   assert list((tmp_path / 'data').rglob('*.array_record*'))  # read back through TFDS
   bad = tmp_path / 'bad.jsonl'
   bad.write_text('{"text": "ok"}\n{"text": 3}\n')
   cfg.source = str(bad)
   with pytest.raises(ValueError, match=r'bad.jsonl:2: no string field .text.'):
-    data.load_prompts(cfg, str(tmp_path))
+    prompts_lib.load_prompts(cfg, str(tmp_path))
   bad.write_text('{"text": "ok"}\n{text: broken\n')
   with pytest.raises(ValueError, match=r'bad.jsonl:2: not valid JSON'):
-    data.load_prompts(cfg, str(tmp_path))
+    prompts_lib.load_prompts(cfg, str(tmp_path))
   empty = tmp_path / 'empty.jsonl'
   empty.write_text('\n')
   cfg.source = str(empty)
   with pytest.raises(ValueError, match='has no prompts'):
-    data.load_prompts(cfg, str(tmp_path))
+    prompts_lib.load_prompts(cfg, str(tmp_path))

@@ -9,7 +9,10 @@ import jax
 import pytest
 
 from configs import pod_plans
-from rlaif_jax import plan, train
+from rlaif_jax.plan import report as plan_report
+from rlaif_jax.plan import stages as plan_stages
+from rlaif_jax.plan import steps as plan_steps
+from rlaif_jax.training import state as train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytest.importorskip('libtpu', reason="the TPU compiler: pip install -e '.[tpu]'")
@@ -25,15 +28,15 @@ def tiny(stages=('rl',), **mesh):
 def state_bytes(config) -> int:
   """Bytes of the PPO train state (policy + value model, AdamW moments), unsharded."""
   common = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype)
-  policy = plan.abstract_model(plan.model_config('', config.model.architecture, **common))
-  value = plan.abstract_model(plan.model_config('', config.reward_model.architecture,
+  policy = plan_steps.abstract_model(plan_steps.model_config('', config.model.architecture, **common))
+  value = plan_steps.abstract_model(plan_steps.model_config('', config.reward_model.architecture,
                                                 scalar_head=True, **common))
-  optimizer = train.make_optimizer(1e-6, 10)
-  state = jax.eval_shape(lambda: train.init_state({'policy': policy, 'value': value}, optimizer))
+  optimizer = train_state.make_optimizer(1e-6, 10)
+  state = jax.eval_shape(lambda: train_state.init_state({'policy': policy, 'value': value}, optimizer))
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
 
 
-def update_step(p: plan.Plan) -> plan.Step:
+def update_step(p: plan_stages.Plan) -> plan_steps.Step:
   (step,) = [s for s in p.steps if 'update' in s.name]
   return step
 
@@ -41,8 +44,8 @@ def update_step(p: plan.Plan) -> plan.Step:
 def test_ppo_update_state_is_split_across_the_slice_as_the_rules_say():
   config = tiny(fsdp=4)
   total = state_bytes(config)
-  sharded = update_step(plan.make_plan(config, 'v5e:2x2'))
-  replicated = update_step(plan.make_plan(tiny(data=4), 'v5e:2x2'))
+  sharded = update_step(plan_stages.make_plan(config, 'v5e:2x2'))
+  replicated = update_step(plan_stages.make_plan(tiny(data=4), 'v5e:2x2'))
   # FSDP: every parameter and both AdamW moments are split four ways (embed -> fsdp in the rules);
   # the rollout and the few replicated leaves (norm scales, the scalar head's bias) add a little
   assert total / 4 <= sharded.arguments < 1.1 * total / 4, (sharded.arguments, total)
@@ -53,7 +56,7 @@ def test_ppo_update_state_is_split_across_the_slice_as_the_rules_say():
 
 
 def test_every_stage_step_is_planned_with_numbers():
-  p = plan.make_plan(tiny(stages=('label', 'reward_model', 'rl'), fsdp=4), 'v5e:2x2', mfu=0.5)
+  p = plan_stages.make_plan(tiny(stages=('label', 'reward_model', 'rl'), fsdp=4), 'v5e:2x2', mfu=0.5)
   names = [(s.stage, s.name) for s in p.steps]
   for stage, name in [('label', 'rollout prefill'), ('label', 'rollout decode step'),
                       ('label', 'judge: preference of a pair'),
@@ -76,7 +79,7 @@ def test_every_stage_step_is_planned_with_numbers():
   # moments: over 3x the policy) and the reward model stay
   ref = [s for s in p.steps if s.name == 'score: reference log-probs'][0]
   assert ref.resident >= 3 * policy_bytes + reward_bytes, (ref.resident, policy_bytes)
-  text = plan.format_plan(p, tiny())
+  text = plan_report.format_plan(p, tiny())
   assert 'Everything fits' in text and 'per RL iteration' in text
 
 
@@ -86,7 +89,7 @@ def test_remat_and_micro_batches_lower_the_update_temporaries():
     config.rl.batch_size, config.rl.prompt_length = 64, 128  # activations outweigh the gradients
     config.rl.sampling.max_new_tokens = 128
     config.model.remat, config.rl.micro_batches = remat, micro_batches
-    p = plan.make_plan(config, 'v5e:2x2')
+    p = plan_stages.make_plan(config, 'v5e:2x2')
     # with micro-batches the update runs a forward pass for PPO's old values before its steps
     assert ('score: old values' in [s.name for s in p.steps]) == (micro_batches > 1)
     step = update_step(p)
@@ -113,7 +116,7 @@ def test_too_large_config_does_not_fit_and_exits_nonzero():
 
 def test_unknown_topology_is_a_clear_error():
   with pytest.raises(ValueError, match='v5e:2x2'):
-    plan.make_plan(tiny(), 'v9x:2x2')
+    plan_stages.make_plan(tiny(), 'v9x:2x2')
   r = subprocess.run([sys.executable, '-m', 'rlaif_jax.plan', '--config=configs/pod_plans.py:tiny',
                       '--topology=v5e-16'], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and 'rlaif_jax: error' in r.stderr, r.stderr

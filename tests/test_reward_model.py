@@ -7,10 +7,14 @@ import optax
 import pytest
 from flax import nnx
 
-from rlaif_jax import checkpoint_hf, pretrained, rl_loop, train
-from rlaif_jax import model as model_lib
-from rlaif_jax import reward_model as rm
-from rlaif_jax import sharding as shd
+from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import hf_checkpoint
+from rlaif_jax.models import loading
+from rlaif_jax.models import transformer as model_lib
+from rlaif_jax.pipeline import reward_model as rm_stage
+from rlaif_jax.rl import rewards
+from rlaif_jax.training import reward_model as rm
+from rlaif_jax.training import state as train_state
 
 CFG = model_lib.ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2,
                             num_heads=4, num_kv_heads=2, head_dim=8, scalar_head=True)
@@ -42,8 +46,8 @@ def test_preference_loss_values():
 
 def test_tiny_reward_model_learns_a_synthetic_preference():
   mesh = one_device()
-  model = pretrained.random_model(CFG, 0, mesh)
-  opt = train.make_optimizer(3e-3, total_steps=250, warmup_steps=20)
+  model = loading.random_model(CFG, 0, mesh)
+  opt = train_state.make_optimizer(3e-3, total_steps=250, warmup_steps=20)
   step = rm.make_train_step(model, opt, mesh)
   state = step.init()
   rng = np.random.default_rng(0)
@@ -79,26 +83,26 @@ def test_tiny_reward_model_learns_a_synthetic_preference():
 
 def test_reward_model_saves_and_restores_with_its_stats(tmp_path):
   mesh = one_device()
-  model = pretrained.random_model(CFG, 3, mesh)
+  model = loading.random_model(CFG, 3, mesh)
   params = nnx.state(model, nnx.Param)
   stats = rm.RewardStats(0.25, 2.0)
-  rm.save(str(tmp_path / 'rm'), params, stats, {'accuracy_ai': 0.9})
+  rm_stage.save(str(tmp_path / 'rm'), params, stats, {'accuracy_ai': 0.9})
   # restore onto a sharded mesh into a model with other weights: the saved ones come back
   sharded = shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
-  other = pretrained.random_model(CFG, 4, sharded)
-  restored, restored_stats = rm.restore(str(tmp_path / 'rm'), other, sharded)
+  other = loading.random_model(CFG, 4, sharded)
+  restored, restored_stats = rm_stage.restore(str(tmp_path / 'rm'), other, sharded)
   assert restored_stats == stats
-  want, got = checkpoint_hf.host_arrays(params), checkpoint_hf.host_arrays(restored)
+  want, got = hf_checkpoint.host_arrays(params), hf_checkpoint.host_arrays(restored)
   for name in want:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
   assert restored['layers'][0]['attn']['q'][...].sharding.spec[0] == 'fsdp'
   with pytest.raises(FileNotFoundError, match='No complete reward model'):
-    rm.restore(str(tmp_path / 'missing'), other, sharded)
+    rm_stage.restore(str(tmp_path / 'missing'), other, sharded)
 
 
 def test_reward_model_scorer_normalizes_prompt_plus_response():
   mesh = one_device()
-  model = pretrained.random_model(CFG, 5, mesh)
+  model = loading.random_model(CFG, 5, mesh)
   params = nnx.state(model, nnx.Param)
   rng = np.random.default_rng(0)
   prompt = rng.integers(3, 32, (4, 5)).astype(np.int32)
@@ -108,8 +112,8 @@ def test_reward_model_scorer_normalizes_prompt_plus_response():
   mask = np.ones_like(response, bool)
   mask[1, 3:] = False
   stats = rm.RewardStats(0.5, 4.0)
-  scored = rl_loop.reward_model_scorer(model, params, mesh, stats)(
-      rl_loop.ScoreInputs(None, prompt, prompt_valid, response, mask))
+  scored = rewards.reward_model_rewards(model, params, mesh, stats)(
+      rewards.Responses(None, prompt, prompt_valid, response, mask))
   # reference: each row's real tokens only, scored one at a time
   reward = rm.make_reward_fn(model)
   for i in range(4):
@@ -123,14 +127,14 @@ def test_reward_model_scorer_normalizes_prompt_plus_response():
 def test_sharded_train_step_matches_one_device(micro_batches, remat):
   """Also: gradient accumulation over micro-batches and block rematerialization change nothing."""
   single_mesh = one_device()
-  base = pretrained.random_model(CFG, 1, single_mesh)
-  weights = checkpoint_hf.host_arrays(nnx.state(base))
+  base = loading.random_model(CFG, 1, single_mesh)
+  weights = hf_checkpoint.host_arrays(nnx.state(base))
   batches = [synthetic_batch(np.random.default_rng(i), 16) for i in range(3)]
   results = []
   for mesh, micro, cfg in ((single_mesh, 1, CFG),
                            (shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}), micro_batches,
                             CFG.replace(remat=remat))):
-    model = pretrained.place(cfg, weights, mesh)
+    model = loading.place(cfg, weights, mesh)
     # SGD: Adam would turn the exactly-zero true gradient of the bias (the loss only sees r_a - r_b)
     # into +-lr steps from float noise, which differs between layouts.
     opt = optax.sgd(0.1)
@@ -138,7 +142,7 @@ def test_sharded_train_step_matches_one_device(micro_batches, remat):
     state = step.init()
     for b in batches:
       state, _ = step(state, b)
-    results.append(checkpoint_hf.host_arrays(state.params))
+    results.append(hf_checkpoint.host_arrays(state.params))
   sharded_q = state.params['layers'][0]['attn']['q'][...]
   assert sharded_q.sharding.spec[0] == 'fsdp'
   for name in results[0]:

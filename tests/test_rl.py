@@ -8,9 +8,20 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rlaif_jax import pretrained, rl, rl_loop, sampling, train
-from rlaif_jax import model as model_lib
-from rlaif_jax import sharding as shd
+from rlaif_jax.generation import sampler
+from rlaif_jax.generation import scoring
+from rlaif_jax.generation import text as text_lib
+from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import hf_checkpoint
+from rlaif_jax.models import loading
+from rlaif_jax.models import transformer as model_lib
+from rlaif_jax.rl import advantages
+from rlaif_jax.rl import config as rl_config
+from rlaif_jax.rl import loop as rl_loop
+from rlaif_jax.rl import rewards
+from rlaif_jax.rl import rollout as rollout_lib
+from rlaif_jax.rl import update as rl_update
+from rlaif_jax.training import state as train_state
 
 CFG = model_lib.ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2,
                             num_heads=4, num_kv_heads=2, head_dim=8, scalar_head=True)
@@ -23,19 +34,19 @@ def target_fraction(response, mask):
   return ((np.asarray(response) == TARGET) & m).sum(1) / np.maximum(m.sum(1), 1)
 
 
-def target_scorer(x: rl_loop.ScoreInputs) -> rl_loop.Scored:
+def target_scorer(x: rewards.Responses) -> rewards.Rewards:
   s = target_fraction(x.response, x.mask).astype(np.float32)
-  return rl_loop.Scored(s, s)
+  return rewards.Rewards(s, s)
 
 
-def run_loop(cfg: rl.RLConfig, iterations: int, batch: int = 32, stop_tokens=()):
+def run_loop(cfg: rl_config.RLConfig, iterations: int, batch: int = 32, stop_tokens=()):
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  policy = pretrained.random_model(CFG, 0, mesh)
+  policy = loading.random_model(CFG, 0, mesh)
   reference = jax.tree.map(jnp.copy, nnx.state(policy))  # frozen copy of the starting parameters
-  value_model = pretrained.random_model(CFG, 1, mesh) if cfg.value_model == 'separate' else None
-  settings = sampling.SamplingConfig(6, temperature=1.0, stop_tokens=stop_tokens)
+  value_model = loading.random_model(CFG, 1, mesh) if cfg.value_model == 'separate' else None
+  settings = sampler.SamplingConfig(6, temperature=1.0, stop_tokens=stop_tokens)
   loop = rl_loop.RLLoop(policy, mesh, cfg, settings,
-                        train.make_optimizer(1e-2, iterations * 4, 2, clip_norm=1.0), target_scorer,
+                        train_state.make_optimizer(1e-2, iterations * 4, 2, clip_norm=1.0), target_scorer,
                         value_model)
   state = loop.init()
   rng = np.random.default_rng(0)
@@ -46,13 +57,13 @@ def run_loop(cfg: rl.RLConfig, iterations: int, batch: int = 32, stop_tokens=())
     key, k = jax.random.split(key)
     tokens = rng.integers(3, 32, (batch // cfg.samples_per_prompt, 4)).astype(np.int32)
     state, kl_coef, metrics = loop.iteration(state, reference, kl_coef,
-                                             rl_loop.Prompts(tokens, np.ones_like(tokens, bool)), k)
+                                             text_lib.PromptBatch(tokens, np.ones_like(tokens, bool)), k)
     history.append(metrics)
   return history, loop
 
 
-@pytest.mark.parametrize('cfg', [rl.RLConfig('ppo', kl_coef=0.02),
-                                 rl.RLConfig('rloo', samples_per_prompt=4, kl_coef=0.02)],
+@pytest.mark.parametrize('cfg', [rl_config.RLConfig('ppo', kl_coef=0.02),
+                                 rl_config.RLConfig('rloo', samples_per_prompt=4, kl_coef=0.02)],
                          ids=['ppo', 'rloo'])
 def test_policy_learns_the_target_token_with_bounded_kl(cfg):
   history, loop = run_loop(cfg, iterations=30)
@@ -74,7 +85,7 @@ def test_policy_learns_the_target_token_with_bounded_kl(cfg):
 
 
 def test_ppo_with_a_separate_value_model_and_adaptive_kl():
-  cfg = rl.RLConfig('ppo', value_model='separate', kl_coef=0.01, kl_target=2.0, kl_horizon=200)
+  cfg = rl_config.RLConfig('ppo', value_model='separate', kl_coef=0.01, kl_target=2.0, kl_horizon=200)
   history, loop = run_loop(cfg, iterations=30)
   start = np.mean([h['score'] for h in history[:3]])
   end = np.mean([h['score'] for h in history[-3:]])
@@ -111,26 +122,26 @@ def test_judge_scorer_sends_prompt_texts_and_decoded_responses(tokenizer_dir):
     response[i, len(x):] = ids[0][0]  # junk past the mask must not reach the judge
     mask[i, :len(x)] = True
   prompt = np.ones((2, 3), np.int32)
-  scorer = rl_loop.make_scorer(rl.RLConfig(reward='judge'), judge=FakeJudge(), tokenizer=tok)
+  scorer = rewards.make_reward_source(rl_config.RLConfig(reward='judge'), judge=FakeJudge(), tokenizer=tok)
   scored = scorer(
-      rl_loop.ScoreInputs(texts, prompt, np.ones_like(prompt, bool), response, mask))
+      rewards.Responses(texts, prompt, np.ones_like(prompt, bool), response, mask))
   assert seen['contexts'] == texts
   assert [r.strip() for r in seen['responses']] == ['nice day', 'ok']
   np.testing.assert_allclose(scored.raw, [len(r) / 10 for r in seen['responses']])
   np.testing.assert_allclose(scored.normalized, scored.raw)
   with pytest.raises(ValueError, match='prompt texts'):
-    rl_loop.judge_scorer(FakeJudge(), tok)(rl_loop.ScoreInputs(None, prompt, prompt, response, mask))
+    rewards.judge_rewards(FakeJudge(), tok)(rewards.Responses(None, prompt, prompt, response, mask))
 
 
 def test_missing_stop_penalty():
   response = np.array([[5, 2, 0], [5, 6, 7], [2, 0, 0]])
   mask = np.array([[1, 1, 0], [1, 1, 1], [1, 0, 0]], bool)
-  ended = rl_loop.stopped(response, mask, (2,))
+  ended = rewards.stopped(response, mask, (2,))
   np.testing.assert_array_equal(ended, [True, False, True])
-  np.testing.assert_allclose(rl_loop.apply_missing_stop_penalty(np.ones(3), ended, 0.5),
+  np.testing.assert_allclose(rewards.apply_missing_stop_penalty(np.ones(3), ended, 0.5),
                              [1.0, 0.5, 1.0])
   # in the loop: a policy that is penalised for never stopping learns to emit the stop token
-  cfg = rl.RLConfig('rloo', samples_per_prompt=4, kl_coef=0.0, missing_eos_penalty=1.0)
+  cfg = rl_config.RLConfig('rloo', samples_per_prompt=4, kl_coef=0.0, missing_eos_penalty=1.0)
   history, _ = run_loop(cfg, iterations=15, stop_tokens=(TARGET,))
   assert history[-1]['stopped_fraction'] > history[0]['stopped_fraction'] + 0.3
   assert all(h['kl_k1'] == h['kl'] for h in history)  # the estimator is recorded with the KL
@@ -139,56 +150,54 @@ def test_missing_stop_penalty():
 
 def test_rloo_needs_several_samples_per_prompt():
   with pytest.raises(ValueError, match='samples_per_prompt >= 2'):
-    rl.RLConfig('rloo')
+    rl_config.RLConfig('rloo')
   with pytest.raises(ValueError, match='Unknown rl.algorithm'):
-    rl.RLConfig('dpo')
+    rl_config.RLConfig('dpo')
   with pytest.raises(ValueError, match='Unknown rl.reward'):
-    rl.RLConfig(reward='human')
+    rl_config.RLConfig(reward='human')
   with pytest.raises(ValueError, match='needs a trained reward model'):
-    rl_loop.make_scorer(rl.RLConfig())
+    rewards.make_reward_source(rl_config.RLConfig())
   with pytest.raises(ValueError, match='needs the judge model'):
-    rl_loop.make_scorer(rl.RLConfig(reward='judge'))
+    rewards.make_reward_source(rl_config.RLConfig(reward='judge'))
 
 
 def test_rloo_baseline_leaves_each_sample_out():
-  adv = rl.sequence_advantages(jnp.asarray([1.0, 2.0, 3.0, 10.0, 10.0, 10.0]),
-                               rl.RLConfig('rloo', samples_per_prompt=3))
+  adv = advantages.sequence_advantages(jnp.asarray([1.0, 2.0, 3.0, 10.0, 10.0, 10.0]),
+                               rl_config.RLConfig('rloo', samples_per_prompt=3))
   np.testing.assert_allclose(np.asarray(adv), [1 - 2.5, 2 - 2.0, 3 - 1.5, 0, 0, 0])
 
 
 def random_rollout(model_seed: int, data_seed: int, rows: int, new_tokens: int, ragged=False):
   """(host weights of a random tiny policy, a rollout it sampled, scored by the target fraction);
   ragged: responses cut at random lengths."""
-  from rlaif_jax import checkpoint_hf
   single = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  base = pretrained.random_model(CFG, model_seed, single)
+  base = loading.random_model(CFG, model_seed, single)
   rng = np.random.default_rng(data_seed)
   prompts = rng.integers(3, 32, (rows, 4)).astype(np.int32)
   valid = np.ones_like(prompts, bool)
-  out = sampling.make_sampler(base, single, sampling.SamplingConfig(new_tokens, temperature=1.0))(
+  out = sampler.make_sampler(base, single, sampler.SamplingConfig(new_tokens, temperature=1.0))(
       nnx.state(base), prompts, valid, jax.random.key(0))
   mask = out.mask
   if ragged:
     mask = np.arange(new_tokens)[None] < rng.integers(1, new_tokens + 1, (rows, 1))
-  old = sampling.make_scorer(base, single)(nnx.state(base), prompts, valid, out.tokens, mask)
-  rollout = jax.device_get(rl.Rollout(
+  old = scoring.jit_token_scores(base, single)(nnx.state(base), prompts, valid, out.tokens, mask)
+  rollout = jax.device_get(rollout_lib.Rollout(
       prompts, valid, out.tokens, mask, old.log_probs, old.log_probs - 0.1, old.values,
       jnp.asarray(target_fraction(out.tokens, mask), jnp.float32)))
-  return checkpoint_hf.host_arrays(nnx.state(base)), rollout
+  return hf_checkpoint.host_arrays(nnx.state(base)), rollout
 
 
 def test_sharded_ppo_update_matches_one_device():
   import optax
-  from rlaif_jax import checkpoint_hf
   single = shd.make_mesh({'data': 1}, jax.devices()[:1])
   weights, rollout = random_rollout(2, 0, rows=8, new_tokens=6)
   results = []
   for mesh in (single, shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})):
-    model = pretrained.place(CFG, weights, mesh)
-    update = rl.make_update(model, optax.sgd(0.05), mesh, rl.RLConfig('ppo'))
+    model = loading.place(CFG, weights, mesh)
+    update = rl_update.make_update(model, optax.sgd(0.05), mesh, rl_config.RLConfig('ppo'))
     state, metrics = update(update.init(), rollout, 0.05, jax.random.key(1))
     assert update.jitted._cache_size() == 1
-    results.append(checkpoint_hf.host_arrays(state.params['policy']))
+    results.append(hf_checkpoint.host_arrays(state.params['policy']))
   assert tuple(state.params['policy']['embed'][...].sharding.spec) == ('tensor', 'fsdp')
   moved = max(np.abs(results[0][n] - weights[n]).max() for n in results[0])
   assert moved > 1e-4  # the update really changed the parameters
@@ -200,17 +209,16 @@ def test_micro_batches_and_remat_give_the_same_update():
   """Gradient accumulation weights each micro-batch by its share of the response tokens, so the
   update equals the one over whole minibatches; rematerialized blocks give the same gradients."""
   import optax
-  from rlaif_jax import checkpoint_hf
   single = shd.make_mesh({'data': 1}, jax.devices()[:1])
   weights, rollout = random_rollout(3, 1, rows=16, new_tokens=8, ragged=True)
   results = []
   for mesh, micro, remat in ((single, 1, 'none'), (single, 4, 'dots'),
                              (shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}), 2, 'full')):
-    model = pretrained.place(CFG.replace(remat=remat), weights, mesh)
-    cfg = rl.RLConfig('ppo', epochs=2, minibatches=2, micro_batches=micro)
-    update = rl.make_update(model, optax.sgd(0.05), mesh, cfg)
+    model = loading.place(CFG.replace(remat=remat), weights, mesh)
+    cfg = rl_config.RLConfig('ppo', epochs=2, minibatches=2, micro_batches=micro)
+    update = rl_update.make_update(model, optax.sgd(0.05), mesh, cfg)
     state, metrics = update(update.init(), rollout, 0.05, jax.random.key(1))
-    results.append((checkpoint_hf.host_arrays(state.params['policy']), metrics))
+    results.append((hf_checkpoint.host_arrays(state.params['policy']), metrics))
   moved = max(np.abs(results[0][0][n] - weights[n]).max() for n in weights)
   assert moved > 1e-4
   for params, metrics in results[1:]:
@@ -225,24 +233,23 @@ def test_old_values_left_to_the_update_equal_given_ones(value_model, minibatches
   """A rollout without old values: the update computes them (from its first step's forward pass with
   one minibatch, else from a pass of its own) and ends exactly where it does when they are given."""
   import optax
-  from rlaif_jax import checkpoint_hf
   single = shd.make_mesh({'data': 1}, jax.devices()[:1])
   weights, rollout = random_rollout(4, 2, rows=8, new_tokens=6, ragged=True)
-  cfg = rl.RLConfig('ppo', epochs=2, minibatches=minibatches, value_model=value_model)
-  models = lambda: (pretrained.place(CFG, weights, single),
-                    pretrained.random_model(CFG, 5, single) if value_model == 'separate' else None)
+  cfg = rl_config.RLConfig('ppo', epochs=2, minibatches=minibatches, value_model=value_model)
+  models = lambda: (loading.place(CFG, weights, single),
+                    loading.random_model(CFG, 5, single) if value_model == 'separate' else None)
   value = models()[1]
   if value is not None:  # the given old values are the separate value model's
-    values = sampling.jit_response_fn(value, single, rl.token_values)(
+    values = scoring.jit_response_fn(value, single, rl_update.token_values)(
         nnx.state(value, nnx.Param), rollout.prompt, rollout.prompt_valid, rollout.response,
         rollout.mask)
     rollout = rollout._replace(old_values=np.asarray(values))
   results = []
   for given in (rollout, rollout._replace(old_values=None)):
     policy, value = models()
-    update = rl.make_update(policy, optax.sgd(0.05), single, cfg, value_model=value)
+    update = rl_update.make_update(policy, optax.sgd(0.05), single, cfg, value_model=value)
     state, metrics = update(update.init(), given, 0.05, jax.random.key(1))
-    results.append(({k: checkpoint_hf.host_arrays(v) for k, v in state.params.items()},
+    results.append(({k: hf_checkpoint.host_arrays(v) for k, v in state.params.items()},
                     jax.device_get(metrics)))
   (given, m_given), (inside, m_inside) = results
   assert max(np.abs(given['policy'][n] - weights[n]).max() for n in weights) > 1e-4
@@ -256,11 +263,11 @@ def test_old_values_left_to_the_update_equal_given_ones(value_model, minibatches
 def test_micro_batches_must_divide_the_minibatch():
   import optax
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  model = pretrained.random_model(CFG, 0, mesh)
-  update = rl.make_update(model, optax.sgd(0.1), mesh, rl.RLConfig('ppo', minibatches=1,
+  model = loading.random_model(CFG, 0, mesh)
+  update = rl_update.make_update(model, optax.sgd(0.1), mesh, rl_config.RLConfig('ppo', minibatches=1,
                                                                    micro_batches=3))
   z = np.zeros((4, 3), np.float32)
-  rollout = rl.Rollout(z.astype(np.int32), z > -1, z.astype(np.int32), z > -1, z, z, z, z[:, 0])
+  rollout = rollout_lib.Rollout(z.astype(np.int32), z > -1, z.astype(np.int32), z > -1, z, z, z, z[:, 0])
   with pytest.raises(ValueError, match='micro-batches'):
     update(update.init(), rollout, 0.05, jax.random.key(0))
 

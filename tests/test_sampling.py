@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rlaif_jax import checkpoint_hf, pretrained, sampling
-from rlaif_jax import model as model_lib
-from rlaif_jax import sharding as shd
+from rlaif_jax.generation import sampler
+from rlaif_jax.generation import scoring
+from rlaif_jax.generation import text as text_lib
+from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import hf_checkpoint
+from rlaif_jax.models import loading
+from rlaif_jax.models import transformer as model_lib
 
 CFG = model_lib.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
                             num_heads=8, num_kv_heads=4, head_dim=8, rope_theta=500.0)
@@ -21,7 +25,7 @@ def one_device_mesh():
 
 @pytest.fixture(scope='module')
 def tiny():
-  return pretrained.random_model(CFG, seed=1, mesh=one_device_mesh())
+  return loading.random_model(CFG, seed=1, mesh=one_device_mesh())
 
 
 def greedy_without_cache(model, prompt, n):
@@ -35,8 +39,8 @@ def greedy_without_cache(model, prompt, n):
 
 def test_greedy_with_cache_equals_full_forward_decoding(tiny):
   n = 12
-  tokens, valid = sampling.left_pad(PROMPTS, 8, pad_id=0)
-  run = sampling.make_sampler(tiny, one_device_mesh(), sampling.SamplingConfig(n, temperature=0.0))
+  tokens, valid = text_lib.left_pad(PROMPTS, 8, pad_id=0)
+  run = sampler.make_sampler(tiny, one_device_mesh(), sampler.SamplingConfig(n, temperature=0.0))
   out = run(nnx.state(tiny), tokens, valid, jax.random.key(0))
   for row, prompt in enumerate(PROMPTS):
     assert out.tokens[row].tolist() == greedy_without_cache(tiny, prompt, n), row
@@ -44,12 +48,12 @@ def test_greedy_with_cache_equals_full_forward_decoding(tiny):
 
 
 def test_stop_tokens_end_rows_and_mask(tiny):
-  tokens, valid = sampling.left_pad(PROMPTS, 8, pad_id=0)
+  tokens, valid = text_lib.left_pad(PROMPTS, 8, pad_id=0)
   free = greedy_without_cache(tiny, PROMPTS[0], 10)
   stop = free[3]  # row 0 emits this token at step 3 (maybe earlier too)
   first = free.index(stop)
-  run = sampling.make_sampler(tiny, one_device_mesh(),
-                              sampling.SamplingConfig(10, temperature=0.0, stop_tokens=(stop,)),
+  run = sampler.make_sampler(tiny, one_device_mesh(),
+                              sampler.SamplingConfig(10, temperature=0.0, stop_tokens=(stop,)),
                               pad_id=0)
   out = jax.device_get(run(nnx.state(tiny), tokens, valid, jax.random.key(0)))
   assert out.tokens[0, :first + 1].tolist() == free[:first + 1]
@@ -61,7 +65,7 @@ def fixed_logits_model(logits: np.ndarray) -> model_lib.Transformer:
   """A tiny model whose next-token logits are `logits` whatever the input: every embedding row is
   e_0, attention and MLP outputs are zero, and row 0 of the untied head holds the logits."""
   cfg = CFG.replace(vocab_size=len(logits), tie_word_embeddings=False, rms_norm_eps=0.0)
-  model = pretrained.random_model(cfg, seed=0, mesh=one_device_mesh())
+  model = loading.random_model(cfg, seed=0, mesh=one_device_mesh())
   e = cfg.hidden_size
   embed = np.zeros((cfg.vocab_size, e), np.float32)
   embed[:, 0] = 1.0
@@ -79,17 +83,17 @@ def fixed_logits_model(logits: np.ndarray) -> model_lib.Transformer:
 LOGITS = np.array([2.0, 1.0, 0.5, 0.0, -0.5, -1.0, 1.5, 0.2], np.float32)
 
 
-def draws(settings: sampling.SamplingConfig, rows=512):
+def draws(settings: sampler.SamplingConfig, rows=512):
   model = fixed_logits_model(LOGITS)
   prompt = np.full((rows, 2), 3, np.int32)
-  run = sampling.make_sampler(model, one_device_mesh(), settings)
+  run = sampler.make_sampler(model, one_device_mesh(), settings)
   out = jax.device_get(run(nnx.state(model), prompt, np.ones_like(prompt, bool), jax.random.key(7)))
   return out.tokens.reshape(-1), out.log_probs.reshape(-1)
 
 
 @pytest.mark.parametrize('temperature', [1.0, 0.6])
 def test_token_frequencies_match_softmax(temperature):
-  tokens, logp = draws(sampling.SamplingConfig(8, temperature=temperature))
+  tokens, logp = draws(sampler.SamplingConfig(8, temperature=temperature))
   p = np.exp(LOGITS / temperature - np.logaddexp.reduce(LOGITS / temperature))
   counts = np.bincount(tokens, minlength=len(LOGITS))
   expected = p * len(tokens)
@@ -100,48 +104,48 @@ def test_token_frequencies_match_softmax(temperature):
 
 def test_top_k_and_top_p_keep_only_their_sets():
   order = np.argsort(-LOGITS)
-  tokens, _ = draws(sampling.SamplingConfig(8, temperature=1.0, top_k=3))
+  tokens, _ = draws(sampler.SamplingConfig(8, temperature=1.0, top_k=3))
   assert set(tokens.tolist()) == set(order[:3].tolist())
   p = np.exp(LOGITS - np.logaddexp.reduce(LOGITS))
   mass_before = np.cumsum(p[order]) - p[order]
   nucleus = set(order[mass_before < 0.7].tolist())  # smallest top set with mass >= 0.7
-  tokens, _ = draws(sampling.SamplingConfig(8, temperature=1.0, top_p=0.7))
+  tokens, _ = draws(sampler.SamplingConfig(8, temperature=1.0, top_p=0.7))
   assert set(tokens.tolist()) == nucleus and len(nucleus) < len(LOGITS)
 
 
 def test_returned_log_probs_equal_score(tiny):
-  settings = sampling.SamplingConfig(10, temperature=0.8, top_k=20)
-  tokens, valid = sampling.left_pad(PROMPTS, 8, pad_id=0)
+  settings = sampler.SamplingConfig(10, temperature=0.8, top_k=20)
+  tokens, valid = text_lib.left_pad(PROMPTS, 8, pad_id=0)
   mesh = one_device_mesh()
-  out = sampling.make_sampler(tiny, mesh, settings)(nnx.state(tiny), tokens, valid, jax.random.key(3))
-  scores = sampling.make_scorer(tiny, mesh, temperature=0.8)(
+  out = sampler.make_sampler(tiny, mesh, settings)(nnx.state(tiny), tokens, valid, jax.random.key(3))
+  scores = scoring.jit_token_scores(tiny, mesh, temperature=0.8)(
       nnx.state(tiny), tokens, valid, out.tokens, out.mask)
   np.testing.assert_allclose(np.asarray(scores.log_probs), np.asarray(out.log_probs), atol=2e-5)
   assert (np.asarray(scores.entropy)[np.asarray(out.mask)] > 0).all()
 
 
 def test_one_compile_per_bucket(tiny):
-  run = sampling.make_sampler(tiny, one_device_mesh(), sampling.SamplingConfig(4, temperature=1.0))
+  run = sampler.make_sampler(tiny, one_device_mesh(), sampler.SamplingConfig(4, temperature=1.0))
   state = nnx.state(tiny)
   for i in range(3):
     for length in (8, 16):
       lists = [p * (i + 1) for p in PROMPTS]
-      tokens, valid = sampling.left_pad([x[:length] for x in lists], length, 0)
+      tokens, valid = text_lib.left_pad([x[:length] for x in lists], length, 0)
       run(state, tokens, valid, jax.random.key(i))
   assert run.jitted._cache_size() == 2  # one compile per prompt-length bucket, 6 calls
 
 
 def test_sharded_sampler_matches_one_device():
   cfg = CFG.replace(vocab_size=256, hidden_size=64)
-  single = pretrained.random_model(cfg, seed=2, mesh=one_device_mesh())
+  single = loading.random_model(cfg, seed=2, mesh=one_device_mesh())
   prompts = [list(range(3 + i, 3 + i + n)) for i, n in enumerate([5, 9, 2, 7, 12, 1, 4, 10])]
-  tokens, valid = sampling.left_pad(prompts, 16, 0)
-  settings = sampling.SamplingConfig(10, temperature=0.0)
-  expected = sampling.make_sampler(single, one_device_mesh(), settings)(
+  tokens, valid = text_lib.left_pad(prompts, 16, 0)
+  settings = sampler.SamplingConfig(10, temperature=0.0)
+  expected = sampler.make_sampler(single, one_device_mesh(), settings)(
       nnx.state(single), tokens, valid, jax.random.key(0))
   mesh = shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
-  sharded = pretrained.place(cfg, checkpoint_hf.host_arrays(nnx.state(single)), mesh)
-  got = sampling.make_sampler(sharded, mesh, settings)(nnx.state(sharded), tokens, valid,
+  sharded = loading.place(cfg, hf_checkpoint.host_arrays(nnx.state(single)), mesh)
+  got = sampler.make_sampler(sharded, mesh, settings)(nnx.state(sharded), tokens, valid,
                                                         jax.random.key(0))
   assert got.tokens.sharding.spec[0] == ('data', 'fsdp')
   np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(expected.tokens))
@@ -149,22 +153,22 @@ def test_sharded_sampler_matches_one_device():
 
 
 def test_bucketing_and_padding_helpers():
-  assert sampling.bucket_length(65, (64, 128)) == 128
+  assert text_lib.bucket_length(65, (64, 128)) == 128
   with pytest.raises(ValueError, match='exceeds the largest prompt bucket 128'):
-    sampling.bucket_length(129, (64, 128))
-  tokens, valid = sampling.left_pad([[1, 2], [3]], 4, pad_id=9)
+    text_lib.bucket_length(129, (64, 128))
+  tokens, valid = text_lib.left_pad([[1, 2], [3]], 4, pad_id=9)
   assert tokens.tolist() == [[9, 9, 1, 2], [9, 9, 9, 3]]
   assert valid.tolist() == [[False, False, True, True], [False, False, False, True]]
 
 
 def test_score_values_come_from_the_state_before_each_response_token():
   cfg = CFG.replace(scalar_head=True)
-  model = pretrained.random_model(cfg, seed=4, mesh=one_device_mesh())
+  model = loading.random_model(cfg, seed=4, mesh=one_device_mesh())
   model.scalar_head[...] = jax.random.normal(jax.random.key(1), (cfg.hidden_size,))
-  tokens, valid = sampling.left_pad(PROMPTS, 8, pad_id=0)
+  tokens, valid = text_lib.left_pad(PROMPTS, 8, pad_id=0)
   response = np.array([[5, 6, 7], [8, 9, 0], [1, 2, 3], [4, 0, 0]], np.int32)
   rmask = response > 0
-  scores = sampling.make_scorer(model, one_device_mesh())(nnx.state(model), tokens, valid, response,
+  scores = scoring.jit_token_scores(model, one_device_mesh())(nnx.state(model), tokens, valid, response,
                                                            rmask)
   full = model_lib.forward(model, jnp.concatenate([tokens, response], 1),
                            jnp.concatenate([valid, rmask], 1))
@@ -185,7 +189,7 @@ def test_head_log_probs_gradient_equals_autodiff():
     return (jnp.take_along_axis(logp_all, targets[:, None], axis=-1)[:, 0],
             -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1))
 
-  ours = lambda h, w: sampling.head_log_probs(h, w, targets, scale)
+  ours = lambda h, w: scoring.head_log_probs(h, w, targets, scale)
   for a, b in zip(ours(hidden, w), plain(hidden, w)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
   got = jax.vjp(ours, hidden, w)[1]((d_logp, d_ent))

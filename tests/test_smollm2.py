@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rlaif_jax import checkpoint_gguf, checkpoint_hf, sampling
-from rlaif_jax import sharding as shd
+from rlaif_jax.generation import sampler
+from rlaif_jax.generation import text as text_lib
+from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import gguf_checkpoint
+from rlaif_jax.models import hf_checkpoint
 from tests import helpers
 
 QUESTIONS = ['What is the capital of France?', 'Tell me a joke about cats.',
@@ -21,7 +24,7 @@ def _chat_ids(tok, questions=QUESTIONS):
 
 
 def _chat_batch(tok, length=48):
-  return sampling.left_pad(_chat_ids(tok), length, tok.pad_token_id)
+  return text_lib.left_pad(_chat_ids(tok), length, tok.pad_token_id)
 
 
 @pytest.fixture(scope='module')
@@ -29,7 +32,7 @@ def exported(smollm2, tmp_path_factory):
   """SmolLM2 exported by us as a Hugging Face folder (transformers loads it)."""
   model, tok = smollm2
   folder = str(tmp_path_factory.mktemp('smollm2_export'))
-  checkpoint_hf.export_folder(nnx.state(model), model.cfg, folder, tok)
+  hf_checkpoint.export_folder(nnx.state(model), model.cfg, folder, tok)
   return folder
 
 
@@ -49,7 +52,7 @@ def test_config_and_tokenizer_from_gguf(smollm2):
 def test_tokenizer_matches_transformers_gguf_converter(smollm2):
   from transformers import AutoTokenizer
   _, tok = smollm2
-  folder, name = os.path.split(checkpoint_gguf.smollm2_path())
+  folder, name = os.path.split(gguf_checkpoint.smollm2_path())
   ref = AutoTokenizer.from_pretrained(folder, gguf_file=name)
   for s in ['Hello world! 12345 apples.', '  spaces\n\nnew\tlines', 'naïve café 😀',
             '<|im_start|>user\nhi<|im_end|>', 'x=3.14159; y=2**10']:
@@ -58,8 +61,8 @@ def test_tokenizer_matches_transformers_gguf_converter(smollm2):
 
 def test_greedy_answer_contains_paris(smollm2):
   model, tok = smollm2
-  gen = sampling.TextGenerator(model, tok, shd.make_mesh({'data': 1}, jax.devices()[:1]))
-  out = gen(['What is the capital of France?'], sampling.SamplingConfig(32, temperature=0.0),
+  gen = text_lib.TextGenerator(model, tok, shd.make_mesh({'data': 1}, jax.devices()[:1]))
+  out = gen(['What is the capital of France?'], sampler.SamplingConfig(32, temperature=0.0),
             jax.random.key(0))
   assert 'Paris' in out[0], out
 
@@ -76,7 +79,7 @@ def test_log_probs_match_torch(smollm2, exported, reference):
   if reference == 'our_export':
     ref_model = exported
   else:
-    folder, name = os.path.split(checkpoint_gguf.smollm2_path())
+    folder, name = os.path.split(gguf_checkpoint.smollm2_path())
     ref_model = LlamaForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
                                                  attn_implementation='eager')
   ref = helpers.torch_log_probs(ref_model, tokens, valid)
@@ -93,7 +96,7 @@ def test_unpermute_inverts_llama_cpp_permutation():
 
   permuted = llama_cpp_permute(w, 3)
   assert not np.array_equal(permuted, w)
-  np.testing.assert_array_equal(checkpoint_gguf.unpermute_qk(permuted, 3), w)
+  np.testing.assert_array_equal(gguf_checkpoint.unpermute_qk(permuted, 3), w)
 
 
 def test_greedy_equals_transformers_generate(smollm2, exported):
@@ -106,9 +109,9 @@ def test_greedy_equals_transformers_generate(smollm2, exported):
                'Write one sentence about the ocean, please, using simple words.', 'Say hello.']
   ids = _chat_ids(tok, questions)
   n = 20
-  tokens, valid = sampling.left_pad(ids, 64, tok.pad_token_id)
+  tokens, valid = text_lib.left_pad(ids, 64, tok.pad_token_id)
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  run = sampling.make_sampler(model, mesh, sampling.SamplingConfig(n, temperature=0.0,
+  run = sampler.make_sampler(model, mesh, sampler.SamplingConfig(n, temperature=0.0,
                                                                    stop_tokens=(tok.eos_token_id,)),
                               pad_id=tok.pad_token_id)
   out = jax.device_get(run(nnx.state(model), tokens, valid, jax.random.key(0)))

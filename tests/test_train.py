@@ -7,9 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlaif_jax import checkpoints, metrics, pretrained, sft, train
-from rlaif_jax import model as model_lib
-from rlaif_jax import sharding as shd
+from rlaif_jax.infra import checkpoints
+from rlaif_jax.infra import metrics
+from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import loading
+from rlaif_jax.models import transformer as model_lib
+from rlaif_jax.training import sft
+from rlaif_jax.training import state as train_state
+from rlaif_jax.training import step as train_step
 
 CFG = model_lib.ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2,
                             num_heads=4, num_kv_heads=2, head_dim=8)
@@ -28,8 +33,8 @@ def scaled_loss(model, batch):
 
 def test_non_finite_loss_or_gradient_skips_the_update():
   mesh = one_device()
-  model = pretrained.random_model(CFG, 0, mesh)
-  step = train.make_step(model, optax.adam(1e-2), mesh, scaled_loss)
+  model = loading.random_model(CFG, 0, mesh)
+  step = train_step.make_train_step(model, optax.adam(1e-2), mesh, scaled_loss)
   state = step.init()
   before = jax.tree.map(np.asarray, (state.params, state.opt_state))
   for bad in (np.nan, np.inf):
@@ -45,13 +50,13 @@ def test_non_finite_loss_or_gradient_skips_the_update():
 
 def test_sft_raises_the_likelihood_of_the_demonstrations():
   mesh = one_device()
-  model = pretrained.random_model(CFG, 0, mesh)
+  model = loading.random_model(CFG, 0, mesh)
   rng = np.random.default_rng(0)
   # demonstrations: the response repeats the prompt's last token, then stops (token 2)
   prompt = rng.integers(3, 32, (16, 5)).astype(np.int32)
   response = np.concatenate([np.repeat(prompt[:, -1:], 3, 1), np.full((16, 1), 2)], 1).astype(np.int32)
   batch = sft.Batch(prompt, np.ones_like(prompt, bool), response, np.ones_like(response, bool))
-  step = sft.make_train_step(model, train.make_optimizer(1e-2, 60, 5), mesh)
+  step = sft.make_train_step(model, train_state.make_optimizer(1e-2, 60, 5), mesh)
   state = step.init()
   losses = []
   for _ in range(60):
@@ -63,8 +68,8 @@ def test_sft_raises_the_likelihood_of_the_demonstrations():
 
 def test_checkpoints_restore_exactly_and_keep_the_last_n(tmp_path):
   mesh = shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
-  model = pretrained.random_model(CFG, 0, mesh)
-  step = train.make_step(model, optax.adam(1e-2), mesh, scaled_loss)
+  model = loading.random_model(CFG, 0, mesh)
+  step = train_step.make_train_step(model, optax.adam(1e-2), mesh, scaled_loss)
   state = step.init()
   ckpt = checkpoints.Checkpoints(str(tmp_path / 'ckpt'), interval=2, keep=2)
   saved = {}

@@ -1,0 +1,125 @@
+"""Prompts for the pipeline: where they come from, the train / held-out split, and grain batches.
+
+`config.data.source` is one of
+  - `inline`: the strings in `config.data.prompts`;
+  - `chatterbot`: the first turn of every English conversation shipped in the PyPI package
+    `chatterbot-corpus` (real, offline dialogue openers);
+  - a path to a local `.jsonl` file, one JSON object per line with the prompt in
+    `config.data.prompt_field`; it is converted once into a TFDS array_record dataset in the workdir
+    (`data.prompt_dataset`) and read back with `tfds.data_source`;
+  - `tfds:NAME[:SPLIT]`: any TFDS dataset already prepared in `config.data.tfds_data_dir`, including
+    the `huggingface:` namespace, read with `tfds.data_source` (no TensorFlow).
+Prompts are de-duplicated, stripped, optionally cut to `max_prompts`, then split deterministically
+(by `seed`) into train and held-out sets. RL batches come from a grain dataset (shuffle, repeat,
+batch) whose iterator state goes into the RL checkpoints.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+
+def chatterbot_prompts() -> list[str]:
+  spec = importlib.util.find_spec('chatterbot_corpus')
+  if spec is None:
+    raise FileNotFoundError("data.source='chatterbot' needs the PyPI package chatterbot-corpus: "
+                            "pip install chatterbot-corpus (launch/setup.sh installs it).")
+  import yaml
+  folder = os.path.join(spec.submodule_search_locations[0], 'data', 'english')
+  prompts = []
+  for path in sorted(glob.glob(os.path.join(folder, '*.yml'))):
+    with open(path, encoding='utf-8') as f:
+      doc = yaml.safe_load(f) or {}
+    for conversation in doc.get('conversations') or []:
+      if conversation and isinstance(conversation[0], str):
+        prompts.append(conversation[0])
+  return prompts
+
+
+def read_jsonl(path: str, field: str) -> list[str]:
+  """The `field` of every row; a malformed row is an error naming its line."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'Prompt file {path} does not exist; fix config.data.source.')
+  out = []
+  with open(path, encoding='utf-8') as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{path}:{n}: not valid JSON ({e.msg}); each line must be one JSON object '
+                         f'like {{"{field}": "..."}}.') from None
+      if not isinstance(row, dict) or not isinstance(row.get(field), str):
+        raise ValueError(f'{path}:{n}: no string field {field!r}; set config.data.prompt_field to '
+                         f'the field that holds the prompt.')
+      out.append(row[field])
+  return out
+
+
+def _decode(x: Any) -> str:
+  return x.decode('utf-8') if isinstance(x, bytes) else str(x)
+
+
+def load_prompts(data: Any, workdir: str) -> list[str]:
+  """All prompts of `config.data` (see the module docstring), de-duplicated in order."""
+  source = data.source
+  if source == 'inline':
+    prompts = list(data.prompts)
+  elif source == 'chatterbot':
+    prompts = chatterbot_prompts()
+  elif source.startswith('tfds:'):
+    import tensorflow_datasets as tfds
+    name, _, split = source[len('tfds:'):].partition(':')
+    ds = tfds.data_source(name, split=split or 'train', data_dir=data.tfds_data_dir or None,
+                          download=False)
+    prompts = [_decode(ds[i][data.prompt_field]) for i in range(len(ds))]
+  elif source.endswith('.jsonl'):
+    from rlaif_jax.data import prompt_dataset
+    rows = read_jsonl(source, data.prompt_field)  # validates every row before building
+    if not rows:
+      raise ValueError(f'Prompt file {source} has no prompts; add rows like '
+                       f'{{"{data.prompt_field}": "..."}}.')
+    ds = prompt_dataset.load(prompt_dataset.build(source, data.prompt_field,
+                                                  os.path.join(workdir, 'data')))
+    prompts = [_decode(ds[i]['prompt']) for i in range(len(ds))]
+  else:
+    raise ValueError(f"Unknown config.data.source {source!r}; use 'inline', 'chatterbot', a .jsonl "
+                     f"path or 'tfds:NAME[:SPLIT]'.")
+  seen, out = set(), []
+  for p in prompts:
+    p = p.strip()
+    if p and p not in seen:
+      seen.add(p)
+      out.append(p)
+  if not out:
+    raise ValueError(f'No prompts in config.data.source={source!r}; it is empty.')
+  return out[:data.max_prompts] if data.max_prompts > 0 else out
+
+
+def split(prompts: Sequence[str], num_heldout: int, seed: int) -> tuple[list[str], list[str]]:
+  """(train, held-out): a seeded shuffle, the last `num_heldout` held out."""
+  if not 0 <= num_heldout < len(prompts):
+    raise ValueError(f'config.data.num_heldout={num_heldout} must be in [0, {len(prompts)}) for '
+                     f'{len(prompts)} prompts.')
+  order = np.random.default_rng(seed).permutation(len(prompts))
+  shuffled = [prompts[i] for i in order]
+  cut = len(prompts) - num_heldout
+  return shuffled[:cut], shuffled[cut:]
+
+
+def batches(prompts: Sequence[str], batch_size: int, seed: int) -> grain.DatasetIterator:
+  """An endless iterator of prompt batches (lists of strings), reshuffled every epoch; its
+  `get_state()` / `set_state()` are what the RL checkpoints save and restore."""
+  if batch_size > len(prompts):
+    raise ValueError(f'Batch of {batch_size} prompts but only {len(prompts)} train prompts; lower '
+                     f'the batch size or add prompts.')
+  ds = grain.MapDataset.source(list(prompts)).shuffle(seed=seed).repeat()
+  return iter(ds.batch(batch_size, batch_fn=list).to_iter_dataset())

@@ -1,0 +1,149 @@
+"""Orbax checkpoints for the training stages: everything needed to resume exactly.
+
+A stage's `Checkpoints` is an Orbax `CheckpointManager` over `<dir>/<step>/` holding two items:
+`state`, the array pytree (parameters, optimizer state, step counter, PRNG key data), saved
+asynchronously and restored straight into the shardings of the current mesh (which may differ
+from the one that saved it), and `meta`, a JSON dict (KL coefficient, the data iterator's state,
+counters). Saves happen every `interval` steps (and on `force`), the last `keep` are kept, and a
+checkpoint directory only counts once Orbax has finalized it, so a kill mid-save loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from rlaif_jax.infra import sharding as shd
+
+_ITEMS = ('state', 'meta')
+
+
+def abstract(tree: Any) -> Any:
+  """Shape/dtype/sharding stand-ins for a pytree of arrays (what restore fills in)."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+class Checkpoints:
+  """Periodic, asynchronous, keep-last-N checkpoints of one stage."""
+
+  def __init__(self, directory: str, interval: int = 1, keep: int = 2, async_save: bool = True):
+    if interval < 1 or keep < 1:
+      raise ValueError(f'checkpoint.interval and checkpoint.keep must be >= 1, got {interval}, {keep}.')
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(save_interval_steps=interval, max_to_keep=keep,
+                                           enable_async_checkpointing=async_save, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
+    """Save if `step` is on the interval (or forced); returns whether a save started."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    return self.manager.save(step, args=args, force=force)
+
+  def restore(self, like: Any, step: int | None = None) -> tuple[int, Any, dict] | None:
+    """(step, state, meta) of `step` (default: the latest), placed like the pytree `like`
+    (arrays or ShapeDtypeStructs with shardings); None when there is no checkpoint."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      return None
+    like = jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else abstract(x), like)
+    out = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
+    return step, out.state, dict(out.meta)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def stage_of(path: str, check: bool = False) -> str | None:
+  """The stage a checkpoint path belongs to: WORKDIR/<stage>/checkpoints[/<step>] -> <stage>.
+  With check=True, a path that does not exist or does not look like that is an error."""
+  if not path:
+    return None
+  parts = os.path.abspath(path).split(os.sep)
+  if parts[-1].isdigit():
+    parts = parts[:-1]
+  if check and (not os.path.isdir(path) or len(parts) < 2 or parts[-1] != 'checkpoints'):
+    raise FileNotFoundError(f'checkpoint.restore_from={path!r}: not an existing checkpoint folder; '
+                            f'give WORKDIR/<stage>/checkpoints or WORKDIR/<stage>/checkpoints/<step>.')
+  return parts[-2] if len(parts) >= 2 and parts[-1] == 'checkpoints' else None
+
+
+def restore_from(path: str, like: Any) -> tuple[int, Any, dict]:
+  """Start from a given checkpoint: a stage's checkpoint directory (its latest step) or one step's
+  directory inside it. A missing or empty path is a clear error."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'checkpoint.restore_from: no checkpoint directory {path}; give a '
+                            f'stage checkpoint folder (e.g. WORKDIR/rl/checkpoints) or one of its steps.')
+  base = os.path.basename(path)
+  parent, step = (os.path.dirname(path), int(base)) if base.isdigit() else (path, None)
+  ckpt = Checkpoints(parent, async_save=False)
+  try:
+    out = ckpt.restore(like, step)
+  finally:
+    ckpt.close()
+  if out is None:
+    raise FileNotFoundError(f'checkpoint.restore_from: {path} holds no finished checkpoint.')
+  return out
+
+
+def save_params(directory: str, params: Any, info: dict, marker: str = 'DONE.json') -> None:
+  """A finished model: parameters (Orbax, from any mesh) and `info` as JSON in `marker`, written
+  last, so a directory with the marker holds a complete model."""
+  directory = os.path.abspath(directory)
+  ckpt = ocp.StandardCheckpointer()
+  ckpt.save(os.path.join(directory, 'params'), nnx.to_pure_dict(params), force=True)
+  ckpt.wait_until_finished()
+  if jax.process_index() == 0:
+    write_json(os.path.join(directory, marker), info)
+
+
+def read_marker(directory: str, marker: str = 'DONE.json') -> dict | None:
+  """The info of a finished directory (see `save_params`), None when it is not finished."""
+  path = os.path.join(directory, marker)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def restore_params(directory: str, model: Any, mesh: jax.sharding.Mesh, marker: str = 'DONE.json',
+                   what: str = 'model') -> tuple[Any, dict]:
+  """(parameters placed with the model's shardings on `mesh`, info) from `save_params`."""
+  directory = os.path.abspath(directory)
+  info = read_marker(directory, marker)
+  if info is None:
+    raise FileNotFoundError(f'No complete {what} in {directory} (missing {marker}); run the stage '
+                            f'that writes it first, or fix the path.')
+  params = nnx.state(model, nnx.Param)
+  sh = shd.state_shardings(params, mesh, model.cfg.logical_axis_rules)
+  target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
+                        nnx.to_pure_dict(params), nnx.to_pure_dict(sh))
+  ckpt = ocp.StandardCheckpointer()
+  path = os.path.join(directory, 'params')
+  saved = set(ckpt.metadata(path).item_metadata.tree)
+  # a top-level entry the checkpoint lacks (a policy saved without the scalar head, restored into a
+  # model that has one) keeps the model's own values; any other mismatch is Orbax's error
+  target = {k: v for k, v in target.items() if k in saved}
+  nnx.replace_by_pure_dict(params, ckpt.restore(path, target))
+  return params, info
+
+
+def write_json(path: str, obj: Any) -> None:
+  """Atomically (write, then rename)."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)

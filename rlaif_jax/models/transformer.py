@@ -1,0 +1,321 @@
+"""A Llama-family decoder-only transformer in Flax NNX.
+
+Covers Llama 2/3, SmolLM2 and other checkpoints of the `LlamaForCausalLM` family: RMSNorm, rotary
+embeddings (theta from the checkpoint, optional Llama-3 frequency scaling), grouped-query attention,
+SwiGLU MLP, tied or untied embeddings, and an optional scalar head (value function / reward model).
+
+Every parameter carries logical axis names in its `logical_axes` metadata; `infra.sharding` turns
+them into mesh shardings with the config's rules table. Activations are constrained through the same
+rules when a mesh is set (`jax.set_mesh`).
+
+Shapes: B batch, T query length, S key length (T, or the KV cache length), E embed, H query heads,
+K key/value heads, G = H // K, D head dim, M MLP hidden, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models.config import REMAT_POLICIES, ModelConfig, to_dtype
+
+
+class KVCache(NamedTuple):
+  """Key/value cache: per layer, k [B, K, D, S] and v [B, K, S, D]; `index` is where the next tokens
+  are written.
+
+  Decode attention is a multiply-and-reduce over an outer axis of each cache (D for q.k, S for p.v),
+  vectorised along the contiguous inner one: on CPU this ran twice as fast as batched matmuls with
+  one query row per (batch, kv head).
+
+  One array per layer (not one stacked [L, ...] array) so that each layer's update is an in-place
+  write of its own small buffer inside the decode loop rather than a rewrite of the whole stack.
+  """
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
+  index: jax.Array  # int32 scalar
+
+  @classmethod
+  def zeros(cls, cfg: ModelConfig, batch: int, length: int) -> 'KVCache':
+    k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, length)
+    v_shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+    dt = to_dtype(cfg.dtype)
+    return cls(tuple(jnp.zeros(k_shape, dt) for _ in range(cfg.num_layers)),
+               tuple(jnp.zeros(v_shape, dt) for _ in range(cfg.num_layers)),
+               jnp.zeros((), jnp.int32))
+
+  def write(self, layer: int, k: jax.Array, v: jax.Array) -> 'KVCache':
+    """Store k [B, K, D, T] and v [B, K, T, D] of one layer at positions index..index+T."""
+    def put(buffers, new, axis):
+      buf = buffers[layer]
+      buf = jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), self.index, axis=axis)
+      return buffers[:layer] + (buf,) + buffers[layer + 1:]
+    return self._replace(k=put(self.k, k, 3), v=put(self.v, v, 2))
+
+
+def _param(rngs: nnx.Rngs, shape, axes, cfg: ModelConfig, scale: float | None = None, ones=False):
+  dt = to_dtype(cfg.param_dtype)
+  if ones:
+    value = jnp.ones(shape, dt)
+  else:
+    fan_in = scale if scale is not None else shape[0]
+    value = (jax.random.normal(rngs.params(), shape, jnp.float32) / math.sqrt(fan_in)).astype(dt)
+  return nnx.Param(value, logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.scale = _param(rngs, (cfg.hidden_size,), ('norm',), cfg, ones=True)
+    self.eps = cfg.rms_norm_eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_frequencies(cfg: ModelConfig) -> jax.Array:
+  """Inverse frequencies [D/2], with Llama-3 `rope_scaling` applied when the checkpoint has it."""
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim))
+  if not cfg.rope_scaling:
+    return inv
+  rs = dict(cfg.rope_scaling)
+  kind = rs.get('rope_type', rs.get('type'))
+  if kind in (None, 'default'):
+    return inv
+  if kind != 'llama3':
+    raise NotImplementedError(f'rope_scaling type {kind!r} is not supported (supported: llama3).')
+  factor, lo, hi = rs['factor'], rs['low_freq_factor'], rs['high_freq_factor']
+  old = rs['original_max_position_embeddings']
+  wavelen = 2 * math.pi / inv
+  smooth = (old / wavelen - lo) / (hi - lo)
+  scaled = jnp.where(wavelen > old / lo, inv / factor, inv)
+  mid = (1 - smooth) * inv / factor + smooth * inv
+  is_mid = (wavelen <= old / lo) & (wavelen >= old / hi)
+  return jnp.where(is_mid, mid, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotary embedding in the Hugging Face (rotate-half) layout. x: [B, T, N, D]; positions: [B, T]."""
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+@jax.custom_vjp
+def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [..., E] @ w [E, F], with the weight gradient written as a contraction over the tokens of
+  x and dy as they are laid out (autodiff's transposed form made XLA on CPU copy the wide output
+  gradient into a transposed layout first, a slow strided write per projection)."""
+  return x @ w
+
+
+def _matmul_fwd(x, w):
+  return x @ w, (x, w)
+
+
+def _matmul_bwd(res, dy):
+  x, w = res
+  dw = jnp.einsum('me,mf->ef', x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]))
+  return dy @ w.T, dw
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def _proj(x: jax.Array, w: jax.Array) -> jax.Array:
+  """A projection matmul whose output the 'dots' remat policy keeps."""
+  return checkpoint_name(matmul(x, w), 'proj')
+
+
+def _project(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [B, T, E] @ w [E, N, D] -> [B, T, N, D], as a plain 2-D matmul on the reshaped weight."""
+  e, n, d = w.shape
+  return _proj(x, w.reshape(e, n * d)).reshape(*x.shape[:-1], n, d)
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    self.q = _param(rngs, (e, h, d), ('embed', 'heads', 'head_dim'), cfg)
+    self.k = _param(rngs, (e, k, d), ('embed', 'kv_heads', 'head_dim'), cfg)
+    self.v = _param(rngs, (e, k, d), ('embed', 'kv_heads', 'head_dim'), cfg)
+    self.o = _param(rngs, (h, d, e), ('heads', 'head_dim', 'embed'), cfg, scale=h * d)
+    self.cfg = cfg
+
+  def project(self, x, positions, inv_freq):
+    """x: [B, T, E] -> q [B, T, H, D], k and v [B, K, T, D], rotary embedding applied."""
+    dt, rules = to_dtype(self.cfg.dtype), self.cfg.logical_axis_rules
+    q, k, v = (_project(x, w[...].astype(dt)) for w in (self.q, self.k, self.v))
+    q = shd.constrain(apply_rope(q, positions, inv_freq), ('batch', 'length', 'act_heads', None), rules)
+    kv_axes = ('batch', 'act_kv_heads', 'length', None)
+    k = shd.constrain(apply_rope(k, positions, inv_freq).transpose(0, 2, 1, 3), kv_axes, rules)
+    return q, k, shd.constrain(v.transpose(0, 2, 1, 3), kv_axes, rules)
+
+  def attend(self, q, k, v, mask):
+    """q [B, T, H, D] over k and v [B, K, S, D]; mask [B, T, S] (True = may attend) -> [B, T, E]."""
+    dt = to_dtype(self.cfg.dtype)
+    b, t, h, d = q.shape
+    kvh = k.shape[1]
+    qg = q.reshape(b, t, kvh, h // kvh, d)
+    scores = jnp.einsum('btkgd,bksd->bkgts', qg, k.astype(dt)).astype(jnp.float32) / math.sqrt(d)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.einsum('bkgts,bksd->btkgd', probs, v.astype(dt)).reshape(b, t, h, d)
+    return self.output(out)
+
+  def attend_cache(self, q, k_cache, v_cache, mask):
+    """Decode: q [B, T, H, D] (T small) over k_cache [B, K, D, S] and v_cache [B, K, S, D]."""
+    dt = to_dtype(self.cfg.dtype)
+    b, t, h, d = q.shape
+    kvh = k_cache.shape[1]
+    qg = q.reshape(b, t, kvh, h // kvh, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, D]
+    scores = jnp.sum(qg[..., None] * k_cache[:, :, None, None].astype(dt), axis=4)  # [B, K, G, T, S]
+    scores = scores.astype(jnp.float32) / math.sqrt(d)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    out = jnp.sum(probs[..., None] * v_cache[:, :, None, None].astype(dt), axis=4)  # [B, K, G, T, D]
+    return self.output(out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d))
+
+  def output(self, out):
+    """Attention output [B, T, H, D] -> [B, T, E] through the output projection."""
+    dt = to_dtype(self.cfg.dtype)
+    b, t, h, d = out.shape
+    out = shd.constrain(out, ('batch', 'length', 'act_heads', None), self.cfg.logical_axis_rules)
+    # As one [B*T, H*D] x [H*D, E] matmul: an einsum over (h, d) let XLA re-lay out the weight.
+    return _proj(out.reshape(b, t, h * d), self.o[...].astype(dt).reshape(h * d, -1))
+
+
+class MLP(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    e, m = cfg.hidden_size, cfg.intermediate_size
+    self.gate = _param(rngs, (e, m), ('embed', 'mlp'), cfg)
+    self.up = _param(rngs, (e, m), ('embed', 'mlp'), cfg)
+    self.down = _param(rngs, (m, e), ('mlp', 'embed'), cfg)
+    self.cfg = cfg
+
+  def __call__(self, x):
+    dt = to_dtype(self.cfg.dtype)
+    h = jax.nn.silu(_proj(x, self.gate[...].astype(dt))) * _proj(x, self.up[...].astype(dt))
+    h = shd.constrain(h, ('batch', 'length', 'act_mlp'), self.cfg.logical_axis_rules)
+    return _proj(h, self.down[...].astype(dt))
+
+
+class Block(nnx.Module):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(cfg, rngs)
+    self.attn = Attention(cfg, rngs)
+    self.mlp_norm = RMSNorm(cfg, rngs)
+    self.mlp = MLP(cfg, rngs)
+    self.rules = cfg.logical_axis_rules
+
+  def __call__(self, x, positions, mask, inv_freq, cache: KVCache | None = None, layer: int = 0,
+               prefill: bool = False):
+    q, k, v = self.attn.project(self.attn_norm(x), positions, inv_freq)
+    if cache is None:
+      a = self.attn.attend(q, k, v, mask)
+    elif prefill:  # empty cache: attend within the chunk (no masked cache slots), then store it
+      cache = cache.write(layer, k.swapaxes(2, 3), v)
+      a = self.attn.attend(q, k, v, mask[:, :, :x.shape[1]])
+    else:  # decode: write this chunk into the cache in place, attend over the whole cache
+      cache = cache.write(layer, k.swapaxes(2, 3), v)
+      a = self.attn.attend_cache(q, cache.k[layer], cache.v[layer], mask)
+    x = x + a
+    x = x + self.mlp(self.mlp_norm(x))
+    return shd.constrain(x, ('batch', 'length', 'act_embed'), self.rules), cache
+
+
+def _block_without_cache(layer: Block, x, positions, mask, inv_freq):
+  return layer(x, positions, mask, inv_freq)[0]
+
+
+class Output(NamedTuple):
+  logits: jax.Array  # [B, T, V] float32
+  hidden: jax.Array  # [B, T, E] final normed hidden state
+  values: jax.Array | None  # [B, T] float32 from the scalar head, when the model has one
+  cache: KVCache | None
+
+
+class Transformer(nnx.Module):
+  """The decoder. `__call__(tokens, positions, mask, cache=None) -> Output`."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ('vocab', 'embed'), cfg, scale=1.0)
+    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg, rngs)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ('embed', 'vocab'), cfg)
+    if cfg.scalar_head:
+      self.scalar_head = _param(rngs, (cfg.hidden_size,), ('embed',), cfg)
+      self.scalar_bias = nnx.Param(jnp.zeros((), to_dtype(cfg.param_dtype)), logical_axes=())
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
+               cache: KVCache | None = None, last_only: bool = False,
+               prefill: bool = False, outputs_from: int = 0) -> Output:
+    """tokens, positions: [B, T] int32; mask: [B, T, S] bool, S = T or the cache length.
+
+    prefill: the cache is empty and this call fills its positions 0..T-1 (attention then stays
+    within the T new tokens instead of scanning the whole, mostly empty, cache).
+    last_only: logits (and values) only for the last position, [B, 1, V] (prefill needs no more).
+    outputs_from: logits, hidden states and values only for positions outputs_from.. (scoring a
+      response needs none for the prompt, and the LM head is a fifth of a small model's FLOPs).
+    """
+    cfg, dt, rules = self.cfg, to_dtype(self.cfg.dtype), self.cfg.logical_axis_rules
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+    x = shd.constrain(x, ('batch', 'length', 'act_embed'), rules)
+    inv_freq = rope_frequencies(cfg)
+    remat = REMAT_POLICIES[cfg.remat] if cache is None and cfg.remat != 'none' else None
+    for i, layer in enumerate(self.layers):
+      if remat is not None:  # training: the block's backward recomputes what the policy drops
+        x = nnx.remat(_block_without_cache, policy=remat)(layer, x, positions, mask, inv_freq)
+      else:
+        x, cache = layer(x, positions, mask, inv_freq, cache, i, prefill)
+    h = self.final_norm(x[:, -1:] if last_only else x[:, outputs_from:])
+    w = self.embed[...].T if cfg.tie_word_embeddings else self.lm_head[...]
+    logits = shd.constrain(jnp.einsum('bte,ev->btv', h, w.astype(dt)).astype(jnp.float32),
+                           ('batch', 'length', 'act_vocab'), rules)
+    values = None
+    if cfg.scalar_head:
+      values = (h.astype(jnp.float32) @ self.scalar_head[...].astype(jnp.float32)
+                + self.scalar_bias[...].astype(jnp.float32))
+    if cache is not None:
+      cache = cache._replace(index=cache.index + tokens.shape[1])
+    return Output(logits, h, values, cache)
+
+
+def causal_mask(valid: jax.Array) -> jax.Array:
+  """[B, T] bool of real (non-padding) tokens -> [B, T, T] causal mask over real keys.
+
+  Padding queries still attend to themselves so no softmax row is empty (their outputs are ignored).
+  """
+  t = valid.shape[1]
+  causal = jnp.tril(jnp.ones((t, t), bool))
+  mask = causal[None] & valid[:, None, :]
+  return mask | jnp.eye(t, dtype=bool)[None]
+
+
+def positions_from_mask(valid: jax.Array) -> jax.Array:
+  """Positions counting only real tokens (so left padding does not shift them): [B, T] int32."""
+  return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """log softmax(logits)[targets]: logits [B, T, V], targets [B, T] -> [B, T] float32."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+def forward(model: Transformer, tokens: jax.Array, valid: jax.Array, outputs_from: int = 0) -> Output:
+  """Full forward pass over a padded batch. tokens, valid: [B, T]; outputs for positions
+  outputs_from.. only."""
+  return model(tokens, positions_from_mask(valid), causal_mask(valid), outputs_from=outputs_from)

@@ -1,0 +1,99 @@
+"""What the stages of one run share (`RunContext`): the config, the workdir, the mesh and rules, the
+PRNG key of each stage, the prompts, and which checkpoint each model loads from.
+
+The policy a stage starts from is the newest of rl/policy, sft/policy and config.model.source; the
+reference policy is sft/policy or config.model.source.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+from flax import nnx
+
+from rlaif_jax.data import constitutions, prompts as prompts_lib
+from rlaif_jax.feedback.judge import Judge
+from rlaif_jax.feedback.prompts import JudgeConfig
+from rlaif_jax.generation.sampler import SamplingConfig
+from rlaif_jax.infra import checkpoints
+from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import loading
+
+# Every stage, in the order a run takes them; a stage's PRNG key is folded from its index here.
+STAGE_ORDER = ('generate', 'sft', 'label', 'reward_model', 'rl', 'eval', 'export')
+DONE = 'DONE.json'
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class RunContext:
+  """The config, workdir, mesh and rules of a run, and a SIGTERM flag the stages poll."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config, self.workdir = config, os.path.abspath(workdir)
+    self.mesh = shd.make_mesh(dict(config.mesh))
+    self.rules = shd.rules_from_config(config.logical_axis_rules)
+    self.key = jax.random.key(config.seed)
+    self.terminate = False
+    self.skipped: set[str] = set()  # stages found complete in this run
+    self._prompts = None
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.workdir, *parts)
+
+  def stage_key(self, stage: str) -> jax.Array:
+    return jax.random.fold_in(self.key, STAGE_ORDER.index(stage))
+
+  # ------------------------------------------------------------------------ models
+  def load(self, source: str, scalar_head: bool = False):
+    """(model, tokenizer) from `source` (default: config.model.source) with the run's dtypes."""
+    m = self.config.model
+    return loading.load_model(source or m.source, self.mesh, self.rules, scalar_head=scalar_head,
+                              param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
+
+  def policy_dir(self, reference: bool = False) -> str | None:
+    """Where the current (or, with reference=True, the reference) policy's parameters are."""
+    for stage in (('sft',) if reference else ('rl', 'sft')):
+      if checkpoints.read_marker(self.path(stage, 'policy')) is not None:
+        return self.path(stage, 'policy')
+    return None
+
+  def policy(self, reference: bool = False, scalar_head: bool = False):
+    """(model with the current or reference policy's parameters, tokenizer)."""
+    model, tokenizer = self.load(self.config.model.source, scalar_head)
+    folder = self.policy_dir(reference)
+    if folder is not None:
+      params, _ = checkpoints.restore_params(folder, model, self.mesh, what='policy')
+      nnx.update(model, params)
+    return model, tokenizer
+
+  def judge(self, task: str | None = None) -> Judge:
+    j = self.config.judge
+    model, tokenizer = self.load(j.source)
+    cfg = JudgeConfig(task=task or j.task, preamble=j.preamble, debias=j.debias,
+                      chat_template=j.chat_template, max_response_tokens=j.max_response_tokens,
+                      max_context_tokens=j.max_context_tokens)
+    return Judge(model, tokenizer, self.mesh, cfg, name=j.source or self.config.model.source)
+
+  def constitution(self) -> list[str] | None:
+    """config.judge.constitution's principles (a relative path may be relative to the repository)."""
+    path = self.config.judge.constitution
+    if not path:
+      return None
+    if not os.path.isabs(path) and not os.path.exists(path):
+      path = os.path.join(REPO_ROOT, path)
+    return constitutions.read_constitution(path)
+
+  # ------------------------------------------------------------------------ data
+  def prompts(self) -> tuple[list[str], list[str]]:
+    """(train, held-out) prompts."""
+    if self._prompts is None:
+      d = self.config.data
+      self._prompts = prompts_lib.split(prompts_lib.load_prompts(d, self.workdir), d.num_heldout,
+                                        self.config.seed)
+    return self._prompts
+
+  def sampling(self, s: ml_collections.ConfigDict) -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
+                          top_p=s.top_p)

@@ -1,0 +1,145 @@
+"""The evaluation report: win rate with a bootstrap confidence interval, plots of training metrics
+(PNG, matplotlib without a display) and a markdown summary in `<workdir>/eval/`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from rlaif_jax.infra import metrics
+
+
+def win_rate(p_policy_better: np.ndarray, consistent: np.ndarray, resamples: int = 2000,
+             seed: int = 0) -> dict[str, Any]:
+  """Per prompt: 1 if the judge prefers the policy (p > 0.5, averaged over both orders), 0.5 on an
+  exact tie, 0 otherwise. The win rate is their mean, with a seeded percentile-bootstrap 95%
+  interval (`scipy.stats.bootstrap`)."""
+  from scipy import stats
+  p = np.asarray(p_policy_better, np.float64)
+  score = np.where(p > 0.5, 1.0, np.where(p < 0.5, 0.0, 0.5))
+  ci = stats.bootstrap((score,), np.mean, n_resamples=resamples, confidence_level=0.95,
+                       method='percentile', rng=np.random.default_rng(seed)).confidence_interval
+  return {'win_rate': float(score.mean()), 'win_rate_ci95': [float(ci.low), float(ci.high)],
+          'wins': int((p > 0.5).sum()), 'ties': int((p == 0.5).sum()), 'losses': int((p < 0.5).sum()),
+          'mean_p_policy_better': float(p.mean()),
+          'judge_position_consistency': float(np.mean(consistent))}
+
+
+def plot(rows: list[dict], keys: tuple[str, ...], title: str, path: str) -> str | None:
+  """One panel per metric against the step; None when there is nothing to plot."""
+  keys = tuple(k for k in keys if any(isinstance(r.get(k), float) for r in rows))
+  if not keys:
+    return None
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+  for ax, k in zip(axes[0], keys):
+    pts = [(r['step'], r[k]) for r in rows if isinstance(r.get(k), float)]
+    ax.plot(*zip(*pts), marker='.')
+    ax.set_title(k)
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def write(workdir: str, results: dict[str, Any]) -> str:
+  """eval/report.md with the results, the RL and reward-model curves and a win-rate chart."""
+  out = os.path.join(workdir, 'eval')
+  os.makedirs(out, exist_ok=True)
+  figures = [
+      plot(metrics.read(workdir, 'rl'), ('reward', 'kl', 'entropy'), 'RL: reward (normalised), '
+           'KL to the reference, entropy', os.path.join(out, 'rl_reward_kl.png')),
+      plot(metrics.read(workdir, 'reward_model'), ('loss', 'accuracy'), 'Reward model training',
+           os.path.join(out, 'reward_model.png')),
+      _win_chart(results, os.path.join(out, 'win_rate.png')),
+  ]
+  lines = ['# Evaluation', '', f'Held-out prompts: {results["prompts"]}; policy from '
+           f'`{results["policy_from"]}`, reference from `{results["reference_from"]}`.', '',
+           '| metric | value |', '|---|---|']
+  lo, hi = results['win_rate_ci95']
+  lines.append(f'| win rate vs reference (judge, both orders) | {results["win_rate"]:.3f} '
+               f'(95% CI {lo:.3f}-{hi:.3f}) |')
+  lines.append(f'| wins / ties / losses | {results["wins"]} / {results["ties"]} / '
+               f'{results["losses"]} |')
+  lines.append(f'| judge position consistency | {results["judge_position_consistency"]:.3f} |')
+  for k in ('harmless_rate_policy', 'harmless_rate_reference'):
+    if k in results:
+      lines.append(f'| {k.replace("_", " ")} | {results[k]:.3f} |')
+  if 'judge_human_alignment' in results:
+    a = results['judge_human_alignment']
+    lines.append(f'| judge-human agreement | {a["agreement"]:.3f} on {a["pairs"]} pairs |')
+  lines.append('')
+  lines += [f'![{os.path.basename(f)}]({os.path.basename(f)})' for f in figures if f]
+  path = os.path.join(out, 'report.md')
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  return path
+
+
+def _win_chart(results: dict[str, Any], path: str) -> str:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(4, 3))
+  lo, hi = results['win_rate_ci95']
+  w = results['win_rate']
+  ax.bar(['policy vs reference'], [w], yerr=[[w - lo], [hi - w]], capsize=8)
+  ax.axhline(0.5, color='grey', linestyle='--', linewidth=1)
+  ax.set_ylim(0, 1)
+  ax.set_ylabel('win rate (95% CI)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def summary_table(workdir: str, summaries: dict[str, dict], seconds: dict[str, float]) -> str:
+  """The run at a glance: one row per stage with its headline numbers and wall time."""
+  rows = []
+  for stage, info in summaries.items():
+    rows.append((stage, _headline(workdir, stage, info), f'{seconds.get(stage, 0.0):.0f} s'))
+  width = max(len(r[1]) for r in rows) if rows else 10
+  lines = [f'{"stage":<13}{"result":<{width + 2}}wall time', '-' * (width + 26)]
+  lines += [f'{s:<13}{h:<{width + 2}}{t}' for s, h, t in rows]
+  lines.append(f'{"total":<13}{"":<{width + 2}}{sum(seconds.values()):.0f} s')
+  report = os.path.join(workdir, 'eval', 'report.md')
+  if os.path.exists(report):
+    lines.append(f'report and plots (reward and KL: rl_reward_kl.png): {os.path.dirname(report)}')
+  return '\n'.join(lines)
+
+
+def _headline(workdir: str, stage: str, info: dict) -> str:
+  if stage == 'label':
+    return (f'{info["pairs"]} pairs labeled, judge position consistency '
+            f'{info["position_consistency"]:.2f}, mean confidence {info["mean_confidence"]:.2f}')
+  if stage == 'reward_model':
+    return (f'held-out accuracy vs AI labels {info["accuracy_ai"]:.3f} ({info["pairs_ai"]} pairs), '
+            f'{info["steps"]} steps')
+  if stage == 'rl':
+    rows = metrics.read(workdir, 'rl')
+    if rows:  # means over the first and last fifth of training (single iterations are noisy)
+      k = max(1, len(rows) // 5)
+      mean = lambda part, key: sum(r[key] for r in part) / len(part)
+      first, last = rows[:k], rows[-k:]
+      return (f'reward {mean(first, "reward"):.3f} -> {mean(last, "reward"):.3f}, KL '
+              f'{mean(first, "kl"):.3f} -> {mean(last, "kl"):.3f} (means of the first and last '
+              f'{k} of {len(rows)} iterations)')
+    return f'{info.get("iterations", 0)} iterations'
+  if stage == 'eval':
+    lo, hi = info['win_rate_ci95']
+    return (f'win rate vs reference {info["win_rate"]:.3f} (95% CI {lo:.3f}-{hi:.3f}), '
+            f'{info["prompts"]} held-out prompts')
+  if stage == 'sft':
+    return f'{info["examples"]} examples, {info["steps"]} steps'
+  if stage == 'export':
+    return f'Hugging Face folder {info["folder"]}'
+  if stage == 'generate':
+    return f'{info["responses"]} responses'
+  return ''

@@ -1,0 +1,102 @@
+"""The reward_model stage: the reward model trained on the label stage's preference rows (soft
+Bradley-Terry), its held-out accuracy against the AI labels, and the normalisation statistics RL uses.
+Leaves reward_model/model (reward_stats.json last); reward_model/checkpoints while it runs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from rlaif_jax.generation import text as text_lib
+from rlaif_jax.infra import checkpoints
+from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import transformer as model_lib
+from rlaif_jax.pipeline import label, loop
+from rlaif_jax.pipeline.context import RunContext
+from rlaif_jax.training import reward_model as rm
+from rlaif_jax.training import state as state_lib
+
+STATS_FILE = 'reward_stats.json'
+
+
+def save(directory: str, params: Any, stats: rm.RewardStats, extra: dict | None = None) -> None:
+  """Write a reward model: parameters (Orbax) and its normalisation statistics (JSON, written last,
+  so a directory with them holds a complete model)."""
+  checkpoints.save_params(directory, params, {**stats._asdict(), **(extra or {})}, STATS_FILE)
+
+
+def restore(directory: str, model: model_lib.Transformer, mesh: jax.sharding.Mesh
+            ) -> tuple[Any, rm.RewardStats]:
+  """(parameters placed with the model's shardings, stats) from a directory written by `save`."""
+  params, meta = checkpoints.restore_params(directory, model, mesh, STATS_FILE, 'reward model')
+  return params, rm.RewardStats(meta['mean'], meta['std'])
+
+
+def pair_tokens(tokenizer, prompts, responses, length: int) -> tuple[np.ndarray, np.ndarray]:
+  """Prompt (chat template) + response + eos, left-padded to `length` (long ones keep their end)."""
+  eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+  ids = [p + tokenizer.encode(r, add_special_tokens=False) + eos
+         for p, r in zip(text_lib.encode_texts(tokenizer, prompts, True), responses)]
+  pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+  return text_lib.left_pad([x[-length:] for x in ids], length, pad)
+
+
+def pair_batch(tokenizer, rows: list[dict], length: int) -> rm.Batch:
+  """A reward-model batch from preference rows: both sides tokenized, the soft label P(a better)."""
+  prompts = [r['prompt'] for r in rows]
+  ta, va = pair_tokens(tokenizer, prompts, [r['response_a'] for r in rows], length)
+  tb, vb = pair_tokens(tokenizer, prompts, [r['response_b'] for r in rows], length)
+  return rm.Batch(ta, va, tb, vb, np.asarray([r['p_a_better'] for r in rows], np.float32))
+
+
+def labeled_rows(ctx: RunContext, batch_size: int, eval_fraction: float
+                 ) -> tuple[list[dict], list[dict]]:
+  """(train, held-out) preference rows of the complete label stage (skipped pairs left out)."""
+  if checkpoints.read_marker(ctx.path('label')) is None:
+    raise FileNotFoundError(f'The reward_model stage needs labels: no complete label stage in '
+                            f'{ctx.path("label")}; add "label" to config.stages before it.')
+  rows = [r for r in label.read_labels(ctx.path('label', label.CHUNKS)) if not r['skipped']]
+  n_eval = max(1, int(len(rows) * eval_fraction))
+  if len(rows) - n_eval < batch_size:
+    raise ValueError(f'{len(rows)} labeled pairs leave fewer than reward_model.batch_size='
+                     f'{batch_size} for training; label more prompts or lower the batch size.')
+  return rows[:-n_eval], rows[-n_eval:]
+
+
+def held_out_report(ctx: RunContext, model, reward, params, batch, eval_rows, batch_size
+                    ) -> dict[str, float]:
+  """Held-out accuracy: batches filled to the mesh's batch multiple with undecided (p = 0.5) rows,
+  which the accuracy leaves out."""
+  multiple = shd.batch_shards(ctx.mesh, model.cfg.logical_axis_rules)
+  filler = dict(eval_rows[0], p_a_better=0.5)
+  held_out = [batch(chunk + [filler] * (-len(chunk) % multiple))
+              for chunk in (eval_rows[i:i + batch_size] for i in range(0, len(eval_rows), batch_size))]
+  return rm.evaluate(reward, params, held_out)
+
+
+def run_stage(ctx: RunContext) -> dict[str, Any]:
+  if (info := loop.complete(ctx, 'reward_model', os.path.join('model', STATS_FILE))) is not None:
+    return info
+  c = ctx.config.reward_model
+  train_rows, eval_rows = labeled_rows(ctx, c.batch_size, c.eval_fraction)
+  model, tokenizer = ctx.load(c.source, scalar_head=True)
+  batch = lambda rows: pair_batch(tokenizer, rows, c.max_length)
+  optimizer = state_lib.make_optimizer(c.learning_rate, c.steps, c.warmup_steps)
+  step = rm.make_train_step(model, optimizer, ctx.mesh, c.micro_batches)
+  state = loop.fit(ctx, 'reward_model', step, step.init(), train_rows, c.batch_size, batch, c.steps,
+                   ctx.config.seed)
+  reward = rm.make_reward_fn(model)
+  report = held_out_report(ctx, model, reward, state.params, batch, eval_rows, c.batch_size)
+  train_rewards = [np.asarray(reward(state.params, b.tokens_a, b.valid_a))
+                   for b in (batch(train_rows[i:i + c.batch_size])
+                             for i in range(0, len(train_rows) - c.batch_size + 1, c.batch_size))]
+  stats = rm.reward_stats(np.concatenate(train_rewards))
+  info = {**report, 'train_pairs': len(train_rows), 'eval_pairs': len(eval_rows), 'steps': c.steps}
+  save(ctx.path('reward_model', 'model'), state.params, stats, info)
+  print(f'[reward_model] held-out accuracy vs AI labels {report["accuracy_ai"]:.3f} on '
+        f'{report["pairs_ai"]} pairs', flush=True)
+  return {**stats._asdict(), **info}

@@ -1,0 +1,112 @@
+"""The rl stage: PPO / REINFORCE / RLOO of the policy against the reward model (canonical RLAIF) or the
+judge's direct scores (d-RLAIF), with a KL leash to the reference policy. Every iteration is
+checkpointed with everything needed to resume exactly (train state, PRNG key, KL coefficient, data
+position). Leaves rl/policy (DONE.json last); rl/checkpoints while it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from rlaif_jax.data import prompts as prompts_lib
+from rlaif_jax.generation import text as text_lib
+from rlaif_jax.infra import checkpoints, metrics
+from rlaif_jax.infra.progress import Progress
+from rlaif_jax.pipeline import loop, reward_model
+from rlaif_jax.pipeline.context import DONE, RunContext
+from rlaif_jax.rl import loop as rl_loop
+from rlaif_jax.rl import rewards
+from rlaif_jax.rl.config import RLConfig
+from rlaif_jax.training import state as state_lib
+
+
+def rl_config(c: ml_collections.ConfigDict) -> RLConfig:
+  """The RLConfig in config.rl (its other fields are the loop's: iterations, batch size...)."""
+  return RLConfig(**{f.name: c[f.name] for f in dataclasses.fields(RLConfig)})
+
+
+def reward_source_and_value_model(ctx: RunContext, cfg: RLConfig, tokenizer: Any):
+  """(the reward source rl.reward names, the separate value model or None). The value model starts
+  from the reward model, as in TRL."""
+  reward_args, value_model = {}, None
+  if cfg.reward == 'reward_model' or cfg.value_model == 'separate':
+    source = ctx.config.reward_model.source
+    rm_model, _ = ctx.load(source, scalar_head=True)
+    rm_params, stats = reward_model.restore(ctx.path('reward_model', 'model'), rm_model, ctx.mesh)
+    nnx.update(rm_model, rm_params)
+    reward_args['reward_model'] = (rm_model, rm_params, ctx.mesh, stats)
+    if cfg.value_model == 'separate':
+      value_model, _ = ctx.load(source, scalar_head=True)
+      nnx.update(value_model, rm_params)
+  if cfg.reward == 'judge':
+    reward_args.update(judge=ctx.judge(), tokenizer=tokenizer)
+  return rewards.make_reward_source(cfg, **reward_args), value_model
+
+
+def build_loop(ctx: RunContext, cfg: RLConfig, policy, tokenizer) -> rl_loop.RLLoop:
+  """The compiled RL iteration for this run's policy, reward source, sampling and optimizer."""
+  c = ctx.config.rl
+  reward_source, value_model = reward_source_and_value_model(ctx, cfg, tokenizer)
+  eos = tokenizer.eos_token_id
+  settings = dataclasses.replace(ctx.sampling(c.sampling), stop_tokens=() if eos is None else (eos,))
+  optimizer = state_lib.make_optimizer(c.learning_rate, c.iterations * c.epochs * c.minibatches,
+                                       c.warmup_steps)
+  return rl_loop.RLLoop(policy, ctx.mesh, cfg, settings, optimizer, reward_source, value_model,
+                        tokenizer.pad_token_id or 0)
+
+
+def train(ctx: RunContext, cfg: RLConfig, rl: rl_loop.RLLoop, tokenizer, reference: Any):
+  """rl.iterations iterations from the latest checkpoint; returns (train state, KL coefficient)."""
+  c = ctx.config.rl
+  key = ctx.stage_key('rl')
+  train_prompts, _ = ctx.prompts()
+  batches = prompts_lib.batches(train_prompts, c.batch_size, ctx.config.seed)
+  ckpt, start, tree, meta = loop.resume(ctx, 'rl', {'train': rl.init(),
+                                                    'key': jax.random.key_data(key)}, batches)
+  state, key = tree['train'], jax.random.wrap_key_data(tree['key'])
+  kl_coef = meta.get('kl_coef', cfg.kl_coef)
+  writer = metrics.Writer(ctx.workdir, 'rl', resume_step=start)  # drops rows of a killed try
+  progress = Progress('rl', c.iterations, start, unit='iteration', every=0)
+  guard = loop.NonFiniteGuard(ctx.config.train.max_nonfinite_steps, 'rl', ckpt)
+  try:
+    for i in range(start, c.iterations):
+      prompts = text_lib.encode_prompt_batch(tokenizer, next(batches), c.prompt_length)
+      state, kl_coef, m = rl.iteration(state, reference, kl_coef, prompts, jax.random.fold_in(key, i))
+      guard.check(i + 1, m['skipped'])
+      writer.write(i + 1, m)
+      progress.update(i + 1, {k: m[k] for k in ('reward', 'kl', 'entropy')})
+      meta = {'kl_coef': kl_coef, 'data': batches.get_state()}
+      tree = {'train': state, 'key': jax.random.key_data(key)}
+      ckpt.save(i + 1, tree, meta, force=i + 1 == c.iterations)
+      if ctx.terminate:
+        loop.save_and_exit(ckpt, i + 1, tree, meta, 'rl')
+  finally:
+    writer.close()
+    ckpt.close()
+  return state, kl_coef
+
+
+def run_stage(ctx: RunContext) -> dict[str, Any]:
+  if (info := loop.complete(ctx, 'rl')) is not None:
+    return info
+  cfg = rl_config(ctx.config.rl)
+  shared = cfg.algorithm == 'ppo' and cfg.value_model == 'shared'
+  policy, tokenizer = ctx.policy(scalar_head=shared)
+  # the reference parameters in the policy's own layout (with its head when the value head is shared)
+  reference = jax.tree.map(jnp.copy, nnx.state(ctx.policy(reference=True, scalar_head=shared)[0]))
+  rl = build_loop(ctx, cfg, policy, tokenizer)
+  state, kl_coef = train(ctx, cfg, rl, tokenizer, reference)
+  nnx.update(policy, state.params['policy'])
+  last = metrics.read(ctx.workdir, 'rl')[-3:]
+  info = {'iterations': ctx.config.rl.iterations, 'kl_coef': kl_coef,
+          **{k: float(np.mean([r[k] for r in last])) for k in ('reward', 'kl', 'reward_raw')}}
+  checkpoints.save_params(ctx.path('rl', 'policy'), loop.policy_params(policy), info)
+  checkpoints.write_json(ctx.path('rl', DONE), info)
+  return info

@@ -1,0 +1,82 @@
+"""Runs the stages a config names, in order, in one workdir.
+
+Stages and what each leaves in the workdir (a stage whose output is complete skips itself; a stage
+killed part way resumes from its last checkpoint):
+  generate       generate.jsonl: the policy's responses to config.generate.prompts
+  sft            sft/policy (DONE.json last): supervised fine-tuning on demonstrations
+                 (config.sft.data: a JSONL file) or on constitutional revisions of the policy's own
+                 responses ('revisions'); sft/checkpoints while it runs
+  label          label/label_chunks/*.jsonl + label/DONE.json: response pairs from the policy, soft
+                 labels from the debiased judge (the rows the reward_model stage reads)
+  reward_model   reward_model/model (reward_stats.json last): the reward model and its statistics
+  rl             rl/policy (DONE.json last): PPO / REINFORCE / RLOO against the reward model or the
+                 judge; rl/checkpoints while it runs
+  eval           eval/eval.json, eval/report.md, eval/*.png: win rate against the reference policy on
+                 held-out prompts (both orders), harmless rate, optional judge-human alignment
+  export         export/: the policy as a Hugging Face folder (config.json, safetensors, tokenizer)
+Every stage appends to metrics.jsonl and TensorBoard files (tensorboard/<stage>) and prints progress
+lines with rate and ETA.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+
+from rlaif_jax.infra import checkpoints
+from rlaif_jax.pipeline import evaluate, export, generate, label, report, reward_model, rl, sft
+from rlaif_jax.pipeline.context import STAGE_ORDER, RunContext
+
+STAGES: dict[str, Callable[[RunContext], dict[str, Any]]] = {
+    'generate': generate.run_stage, 'sft': sft.run_stage, 'label': label.run_stage,
+    'reward_model': reward_model.run_stage, 'rl': rl.run_stage, 'eval': evaluate.run_stage,
+    'export': export.run_stage,
+}
+assert tuple(STAGES) == STAGE_ORDER
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Errors a run would otherwise meet only when it reaches the stage concerned."""
+  unknown = [s for s in config.stages if s not in STAGES]
+  if unknown:
+    raise ValueError(f'Unknown stage(s) {unknown} in config.stages; stages are {list(STAGES)}.')
+  if config.checkpoint.restore_from:
+    checkpoints.stage_of(config.checkpoint.restore_from, check=True)
+
+
+def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, Any]]:
+  """Run config.stages in order; returns each stage's summary. SIGTERM makes the running stage save
+  a checkpoint and exit (status 143); the same command resumes."""
+  check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  ctx = RunContext(config, workdir)
+
+  def on_sigterm(signum, frame):
+    ctx.terminate = True
+    print('SIGTERM received: saving a checkpoint after the current step.', flush=True)
+
+  previous = signal.signal(signal.SIGTERM, on_sigterm)
+  summaries, seconds = {}, {}
+  before = checkpoints.read_marker(workdir, 'summary.json') or {'seconds': {}}
+  try:
+    for stage in config.stages:
+      print(f'[{stage}] starting', flush=True)
+      t0 = time.time()
+      summaries[stage] = STAGES[stage](ctx)
+      seconds[stage] = time.time() - t0
+      if stage in ctx.skipped:  # the time it took when it ran (kept in summary.json or its marker)
+        seconds[stage] = before['seconds'].get(stage, summaries[stage].get('seconds', seconds[stage]))
+      else:
+        print(f'[{stage}] done in {seconds[stage]:.0f}s', flush=True)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  checkpoints.write_json(os.path.join(workdir, 'summary.json'),
+                         {'stages': summaries, 'seconds': seconds})
+  if jax.process_index() == 0:
+    print('\n' + report.summary_table(ctx.workdir, summaries, seconds), flush=True)
+  return summaries

@@ -1,0 +1,223 @@
+"""The steps each stage runs, compiled for a topology, and `make_plan`, which gathers them.
+
+For each step: the jitted function the stage really runs (the sampler's prefill and one decode step,
+the judge's option scoring, the reward-model train step, the reference and reward scoring passes, PPO's
+old-values pass when the update runs one, the RL update) on abstract arguments of the config's shapes,
+and the weights of the other models that stay on the chips meanwhile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from rlaif_jax.feedback import option_scoring
+from rlaif_jax.feedback.prompts import JudgeConfig
+from rlaif_jax.generation import sampler, scoring
+from rlaif_jax.generation import text as text_lib
+from rlaif_jax.infra import sharding as shd
+from rlaif_jax.plan.chips import Chip, topology_devices
+from rlaif_jax.plan.steps import (S, Step, abstract_arrays, abstract_key, abstract_model,
+                                  compile_step, decoding_shardings, device_bytes, loop_free_cost,
+                                  model_config, params_bytes)
+from rlaif_jax.rl import rewards
+from rlaif_jax.rl import update as update_lib
+from rlaif_jax.rl.config import RLConfig, values_from_first_step
+from rlaif_jax.rl.rollout import Rollout
+from rlaif_jax.training import reward_model as rm
+from rlaif_jax.training import state as state_lib
+
+
+@dataclasses.dataclass
+class Plan:
+  topology: str
+  chip: Chip
+  mesh: dict[str, int]
+  mfu: float
+  steps: list[Step]
+  models: dict[str, tuple[float, int]]  # name -> (billions of parameters, bytes per device)
+
+  @property
+  def fits(self) -> bool:
+    return all(s.fits(self.chip) for s in self.steps)
+
+
+@dataclasses.dataclass
+class Planning:
+  """What the stage planners share: the config, mesh, RL settings and the abstract models."""
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  rules: Any
+  rl: RLConfig
+  policy: Any
+  judge: Any
+  reward: Any
+
+  def weights(self, model: Any) -> int:
+    """Bytes per device of a model's parameters."""
+    return params_bytes(model, self.mesh)
+
+
+def plan_models(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Planning:
+  """The abstract policy (with a value head when PPO shares it), judge and reward model."""
+  rules = shd.rules_from_config(config.logical_axis_rules)
+  m = config.model
+  common = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, logical_axis_rules=rules)
+  rl_cfg = RLConfig(**{f.name: config.rl[f.name] for f in dataclasses.fields(RLConfig)})
+  shared_head = rl_cfg.algorithm == 'ppo' and rl_cfg.value_model == 'shared'
+  policy = abstract_model(model_config(m.source, m.architecture, **common).replace(
+      scalar_head=shared_head))
+  judge = abstract_model(model_config(config.judge.source or m.source,
+                                      config.judge.get('architecture') or
+                                      (None if config.judge.source else m.architecture), **common))
+  rm_arch = config.reward_model.get('architecture') or (
+      None if config.reward_model.source else m.architecture)
+  reward = abstract_model(model_config(config.reward_model.source or m.source, rm_arch,
+                                       scalar_head=True, **common))
+  return Planning(config, mesh, rules, rl_cfg, policy, judge, reward)
+
+
+def sampler_steps(p: Planning, stage: str, rows: int, settings: ml_collections.ConfigDict,
+                  resident: int) -> list[Step]:
+  """The rollout's prefill and one decode step (run max_new_tokens - 1 times)."""
+  cfg = sampler.SamplingConfig(settings.max_new_tokens, temperature=settings.temperature or 1.0)
+  state_sh, batch, repl = shd.model_shardings(p.policy, p.mesh)
+  graphdef = nnx.graphdef(p.policy)
+  state = abstract_arrays(nnx.state(p.policy))
+  length = p.config.rl.prompt_length
+  prompt = (S((rows, length), jnp.int32), S((rows, length), bool))
+  prefill = jax.jit(lambda st, t, v, k: sampler.prefill(nnx.merge(graphdef, st), t, v, k, cfg),
+                    in_shardings=(state_sh, batch, batch, repl))
+  first = compile_step(Step(stage, 'rollout prefill', 1, resident), prefill,
+                       (state, *prompt, abstract_key()), p.mesh)
+  decoding = jax.eval_shape(prefill, state, *prompt, abstract_key())
+  decode = jax.jit(lambda st, d: sampler.decode_step(nnx.merge(graphdef, st), d, cfg),
+                   in_shardings=(state_sh, decoding_shardings(decoding, p.rules, p.mesh)),
+                   donate_argnums=(1,))
+  return [first, compile_step(Step(stage, 'rollout decode step', cfg.max_new_tokens - 1, resident),
+                              decode, (state, decoding), p.mesh)]
+
+
+def judge_step(p: Planning, step: Step, rows: int, length: int, options: tuple[int, int]) -> Step:
+  """The judge's option scoring of `rows` requests of `length` tokens, `options` = (O, L)."""
+  fn = option_scoring.jit_option_log_probs(p.judge, p.mesh).jitted
+  return compile_step(step, fn, (abstract_arrays(nnx.state(p.judge)), S((rows, length), jnp.int32),
+                                 S((rows, length), bool), S(options, jnp.int32), S(options, bool)),
+                      p.mesh)
+
+
+def label_steps(p: Planning) -> list[Step]:
+  c, j = p.config.label, p.config.judge
+  steps = sampler_steps(p, 'label', 2 * c.batch_size, c.sampling, p.weights(p.judge))  # two a prompt
+  length = text_lib.bucket_length(j.max_context_tokens + 2 * j.max_response_tokens + 256,
+                                  JudgeConfig.prompt_buckets)
+  rows = c.batch_size * (2 if j.debias else 1)  # both orders
+  return steps + [judge_step(p, Step('label', 'judge: preference of a pair', 1,
+                                     p.weights(p.policy)), rows, length, (2, 1))]
+
+
+def reward_model_steps(p: Planning) -> list[Step]:
+  c = p.config.reward_model
+  optimizer = state_lib.make_optimizer(c.learning_rate, c.steps, c.warmup_steps)
+  step = rm.make_train_step(p.reward, optimizer, p.mesh, c.micro_batches)
+  pair = (S((c.batch_size, c.max_length), jnp.int32), S((c.batch_size, c.max_length), bool))
+  batch = rm.Batch(*pair, *pair, S((c.batch_size,), jnp.float32))
+
+  def whole(layers: int):  # no accumulation loop, for the cost
+    one = rm.make_train_step(abstract_model(p.reward.cfg.replace(num_layers=layers)), optimizer,
+                             p.mesh)
+    return one.jitted, (jax.eval_shape(one.init), batch)
+  cost = loop_free_cost(whole, p.reward.cfg.num_layers, 1, p.mesh) if c.micro_batches > 1 else None
+  return [compile_step(Step('reward_model', 'reward-model train step', 1, 0), step.jitted,
+                       (jax.eval_shape(step.init), batch), p.mesh, cost)]
+
+
+def rl_scoring_steps(p: Planning, response: tuple, w_state: int, others: int, value) -> list[Step]:
+  """The reference log-probs, PPO's old-values pass (when the update runs one) and the reward."""
+  scorer_weights = p.weights(p.reward) if p.rl.reward == 'reward_model' else p.weights(p.judge)
+  w_policy = p.weights(p.policy)
+  score = scoring.jit_token_scores(p.policy, p.mesh).jitted
+  steps = [compile_step(Step('rl', 'score: reference log-probs', 1, w_state + scorer_weights), score,
+                        (abstract_arrays(nnx.state(p.policy)), *response), p.mesh)]
+  if p.rl.algorithm == 'ppo' and not values_from_first_step(p.rl):
+    # the update's own forward pass for the old values (with one minibatch and no micro-batches
+    # its first step gives them, at no cost)
+    critic = value if value is not None else p.policy
+    fn = scoring.jit_response_fn(critic, p.mesh, update_lib.token_values).jitted
+    steps.append(compile_step(
+        Step('rl', 'score: old values', 1, w_state - p.weights(critic) + others),
+        fn, (abstract_arrays(nnx.state(critic)), *response), p.mesh))
+  if p.rl.reward == 'reward_model':
+    fn = rewards.reward_model_rewards(p.reward, None, p.mesh, rm.RewardStats(0.0, 1.0)).jitted
+    steps.append(compile_step(Step('rl', 'score: reward model', 1, w_state + w_policy), fn,
+                              (abstract_arrays(nnx.state(p.reward)), *response), p.mesh))
+  else:  # d-RLAIF: the judge's 1-10 answer after each prompt + response
+    c = p.config.rl
+    steps.append(judge_step(p, Step('rl', 'score: judge (d-RLAIF)', 1, w_state + w_policy),
+                            response[0].shape[0], c.prompt_length + c.sampling.max_new_tokens + 128,
+                            (10, 3)))
+  return steps
+
+
+def rl_update_step(p: Planning, update, optimizer, rows: int, response: tuple, others: int,
+                   value) -> Step:
+  """The update as the RL loop calls it (PPO's old values left to it); its cost from one loop-free
+  pass over the rollout, times the epochs."""
+  c, rl_cfg, n = p.config.rl, p.rl, p.config.rl.sampling.max_new_tokens
+  rollout = Rollout(*response, *(S((rows, n), jnp.float32),) * 2, None, S((rows,), jnp.float32))
+  args = (jax.eval_shape(update.init), rollout, S((), jnp.float32), abstract_key())
+
+  def one_pass(layers: int):
+    small = lambda mod: mod and abstract_model(mod.cfg.replace(num_layers=layers))
+    u = update_lib.make_update(small(p.policy), optimizer, p.mesh, dataclasses.replace(
+        rl_cfg, epochs=1, minibatches=1, micro_batches=1), c.sampling.temperature or 1.0,
+        small(value))
+    return u.jitted, (jax.eval_shape(u.init), *args[1:])
+  micro = f' x {rl_cfg.micro_batches} micro' if rl_cfg.micro_batches > 1 else ''
+  name = f'{rl_cfg.algorithm} update ({rl_cfg.epochs} epochs x {rl_cfg.minibatches} minibatches{micro})'
+  return compile_step(Step('rl', name, 1, others), update.jitted, args, p.mesh,
+                      loop_free_cost(one_pass, p.policy.cfg.num_layers, rl_cfg.epochs, p.mesh))
+
+
+def rl_steps(p: Planning) -> list[Step]:
+  c = p.config.rl
+  rows = c.batch_size * c.samples_per_prompt
+  value = abstract_model(p.reward.cfg) if p.rl.value_model == 'separate' else None
+  optimizer = state_lib.make_optimizer(c.learning_rate, c.iterations, c.warmup_steps)
+  update = update_lib.make_update(p.policy, optimizer, p.mesh, p.rl, c.sampling.temperature or 1.0,
+                                  value)
+  w_state = device_bytes(jax.eval_shape(update.init), state_lib.train_state_shardings(
+      {'policy': p.policy, **({'value': value} if value is not None else {})}, optimizer, p.mesh))
+  w_policy = p.weights(p.policy)
+  scorer_weights = p.weights(p.reward) if p.rl.reward == 'reward_model' else p.weights(p.judge)
+  others = w_policy + scorer_weights  # the reference and the reward source stay on the chips
+  n = c.sampling.max_new_tokens
+  response = (S((rows, c.prompt_length), jnp.int32), S((rows, c.prompt_length), bool),
+              S((rows, n), jnp.int32), S((rows, n), bool))
+  return (sampler_steps(p, 'rl', rows, c.sampling, w_state - w_policy + others)
+          + rl_scoring_steps(p, response, w_state, others, value)
+          + [rl_update_step(p, update, optimizer, rows, response, others, value)])
+
+
+def make_plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4) -> Plan:
+  """Compile every step of config.stages for `topology` (see the package docstring)."""
+  if not 0 < mfu <= 1:
+    raise ValueError(f'--mfu must be in (0, 1], got {mfu}.')
+  devices, chip = topology_devices(topology)
+  mesh = shd.make_mesh(dict(config.mesh), devices)
+  p = plan_models(config, mesh)
+  models = {name: (sum(x.size for x in jax.tree.leaves(nnx.state(mod, nnx.Param))) / 1e9,
+                   p.weights(mod))
+            for name, mod in (('policy', p.policy), ('judge', p.judge), ('reward model', p.reward))}
+  stages = set(config.stages)
+  steps = []
+  for stage, planner in (('label', label_steps), ('reward_model', reward_model_steps),
+                         ('rl', rl_steps)):
+    if stage in stages:
+      steps += planner(p)
+  return Plan(topology, chip, dict(mesh.shape), mfu, steps, models)
