@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlaif_jax import checkpoint_hf, pretrained
-from rlaif_jax import model as model_lib
+from rlaif_jax.models import hf_checkpoint
+from rlaif_jax.models import loading
+from rlaif_jax.models import transformer as model_lib
 
 
 def timed(fn, repeats):
@@ -40,7 +41,7 @@ def main():
   from transformers import LlamaForCausalLM
   torch.set_num_threads(os.cpu_count())
 
-  model, tok = pretrained.load_model('smollm2')
+  model, tok = loading.load_model('smollm2')
   rng = np.random.default_rng(0)
   tokens = rng.integers(3, model.cfg.vocab_size, (args.batch, args.length)).astype(np.int32)
   valid = np.ones_like(tokens, bool)
@@ -55,7 +56,7 @@ def main():
 
   rows.append(('rlaif_jax (jax.jit)', 'float32', timed(ours(model), args.repeats)))
   with tempfile.TemporaryDirectory() as folder:
-    checkpoint_hf.export_folder(nnx.state(model), model.cfg, folder, tok)
+    hf_checkpoint.export_folder(nnx.state(model), model.cfg, folder, tok)
     ref = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
   tt = torch.tensor(tokens, dtype=torch.long)
 
@@ -64,7 +65,7 @@ def main():
       ref(input_ids=tt, use_cache=False).logits
 
   rows.append(('transformers PyTorch (sdpa)', 'float32', timed(torch_fwd, args.repeats)))
-  bf16, _ = pretrained.load_model('smollm2', dtype='bfloat16')
+  bf16, _ = loading.load_model('smollm2', dtype='bfloat16')
   rows.append(('rlaif_jax (jax.jit)', 'bf16 compute', timed(ours(bf16), args.repeats)))
 
   base = rows[1][2]

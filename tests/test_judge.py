@@ -101,13 +101,14 @@ def test_option_log_probs_equal_teacher_forcing():
       assert abs(got[b, j] - expected) < 1e-4, (b, j)
 
 
-def test_direct_reward_prefers_the_safe_answer_range_and_skips(smollm2):
+def test_direct_reward_is_in_range_reads_the_response_and_skips_non_text(smollm2):
   model, tok = smollm2
   d = judge_lib.Judge(model, tok, one_device(), judge_prompts.JudgeConfig(task='harmless'))
   assert len(d.score_options[9]) == 3  # "1", "0", <|im_end|>: digits are split, 10 != 1
   rewards, skipped = d.direct_reward([CONTEXT, CONTEXT, None], [SAFE, UNSAFE, SAFE])
   assert skipped.tolist() == [False, False, True] and rewards[2] == -1.0
   assert np.isfinite(rewards).all() and (np.abs(rewards) <= 1).all()
+  assert rewards[0] != rewards[1]  # the response is read (which one a 135M judge prefers is not asserted)
 
 
 def test_bad_responses_give_defined_labels_or_counted_skips(smollm2):

@@ -100,7 +100,7 @@ def test_reward_model_saves_and_restores_with_its_stats(tmp_path):
     rm_stage.restore(str(tmp_path / 'missing'), other, sharded)
 
 
-def test_reward_model_scorer_normalizes_prompt_plus_response():
+def test_reward_model_rewards_normalize_prompt_plus_response():
   mesh = one_device()
   model = loading.random_model(CFG, 5, mesh)
   params = nnx.state(model, nnx.Param)

@@ -34,7 +34,7 @@ def target_fraction(response, mask):
   return ((np.asarray(response) == TARGET) & m).sum(1) / np.maximum(m.sum(1), 1)
 
 
-def target_scorer(x: rewards.Responses) -> rewards.Rewards:
+def target_rewards(x: rewards.Responses) -> rewards.Rewards:
   s = target_fraction(x.response, x.mask).astype(np.float32)
   return rewards.Rewards(s, s)
 
@@ -46,7 +46,7 @@ def run_loop(cfg: rl_config.RLConfig, iterations: int, batch: int = 32, stop_tok
   value_model = loading.random_model(CFG, 1, mesh) if cfg.value_model == 'separate' else None
   settings = sampler.SamplingConfig(6, temperature=1.0, stop_tokens=stop_tokens)
   loop = rl_loop.RLLoop(policy, mesh, cfg, settings,
-                        train_state.make_optimizer(1e-2, iterations * 4, 2, clip_norm=1.0), target_scorer,
+                        train_state.make_optimizer(1e-2, iterations * 4, 2, clip_norm=1.0), target_rewards,
                         value_model)
   state = loop.init()
   rng = np.random.default_rng(0)
@@ -102,7 +102,7 @@ def test_ppo_with_a_separate_value_model_and_adaptive_kl():
   assert any(h['kl'] > 2.0 for h in history) and any(h['kl'] < 2.0 for h in history)
 
 
-def test_judge_scorer_sends_prompt_texts_and_decoded_responses(tokenizer_dir):
+def test_judge_rewards_send_prompt_texts_and_decoded_responses(tokenizer_dir):
   from transformers import AutoTokenizer
   tok = AutoTokenizer.from_pretrained(tokenizer_dir)
   seen = {}
@@ -122,8 +122,8 @@ def test_judge_scorer_sends_prompt_texts_and_decoded_responses(tokenizer_dir):
     response[i, len(x):] = ids[0][0]  # junk past the mask must not reach the judge
     mask[i, :len(x)] = True
   prompt = np.ones((2, 3), np.int32)
-  scorer = rewards.make_reward_source(rl_config.RLConfig(reward='judge'), judge=FakeJudge(), tokenizer=tok)
-  scored = scorer(
+  reward_source = rewards.make_reward_source(rl_config.RLConfig(reward='judge'), judge=FakeJudge(), tokenizer=tok)
+  scored = reward_source(
       rewards.Responses(texts, prompt, np.ones_like(prompt, bool), response, mask))
   assert seen['contexts'] == texts
   assert [r.strip() for r in seen['responses']] == ['nice day', 'ok']
