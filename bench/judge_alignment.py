@@ -46,9 +46,9 @@ def main():
   for setting in args.settings.split(','):
     task, preamble, *extra = setting.split(':')
     cfg = judge_prompts.JudgeConfig(task=task, preamble=preamble, max_response_tokens=args.max_response_tokens,
-                            max_context_tokens=args.max_context_tokens,
-                            prompt_buckets=(256, 384, 512, 768, 1024),
-                            exemplars=(EXEMPLAR,) if 'fewshot' in extra else ())
+                                    max_context_tokens=args.max_context_tokens,
+                                    prompt_buckets=(256, 384, 512, 768, 1024),
+                                    exemplars=(EXEMPLAR,) if 'fewshot' in extra else ())
     t = time.time()
     report = alignment.alignment(judge_lib.Judge(model, tok, mesh, cfg), pairs, batch_size=8)
     report.update(setting=setting, seconds=round(time.time() - t, 1))

@@ -110,10 +110,10 @@ def run_ours(folder: str, spec_path: str, iterations: int, out: str) -> None:
   head = safetensors_io.read(os.path.join(folder, 'model.safetensors'))['score.weight'].reshape(-1)
   assert np.allclose(np.asarray(value.scalar_head[...]), head)  # the same head as TRL's models
   reward_source = rewards.reward_model_rewards(reward, nnx.state(reward, nnx.Param), mesh,
-                                       rm.RewardStats(0.0, 1.0))  # raw scores, as TRL uses them
+                                               rm.RewardStats(0.0, 1.0))  # raw scores, as TRL uses them
   cfg = rl_config.RLConfig('ppo', epochs=spec['epochs'], minibatches=spec['minibatches'],
-                    value_model='separate', kl_coef=spec['kl_coef'], vf_coef=spec['vf_coef'],
-                    clip_eps=spec['clip_eps'], value_clip=spec['value_clip'])
+                           value_model='separate', kl_coef=spec['kl_coef'], vf_coef=spec['vf_coef'],
+                           clip_eps=spec['clip_eps'], value_clip=spec['value_clip'])
   settings = sampler.SamplingConfig(spec['new_tokens'], temperature=spec['temperature'])
   optimizer = train_state.make_optimizer(spec['learning_rate'], iterations * spec['epochs'])
   loop = rl_loop.RLLoop(policy, mesh, cfg, settings, optimizer, reward_source, value, tok.pad_token_id)

@@ -92,7 +92,8 @@ def test_option_log_probs_equal_teacher_forcing():
   opt_valid = np.zeros((3, 3), bool)
   for i, o in enumerate(options):
     opt[i, :len(o)], opt_valid[i, :len(o)] = o, True
-  got = np.asarray(jax.jit(lambda *a: option_scoring.option_log_probs(model, *a))(tokens, valid, opt, opt_valid))
+  kernel = jax.jit(lambda *a: option_scoring.option_log_probs(model, *a))
+  got = np.asarray(kernel(tokens, valid, opt, opt_valid))
   for b, p in enumerate(prompts):
     for j, o in enumerate(options):
       seq = jnp.asarray([p + o])
@@ -108,12 +109,13 @@ def test_direct_reward_is_in_range_reads_the_response_and_skips_non_text(smollm2
   rewards, skipped = d.direct_reward([CONTEXT, CONTEXT, None], [SAFE, UNSAFE, SAFE])
   assert skipped.tolist() == [False, False, True] and rewards[2] == -1.0
   assert np.isfinite(rewards).all() and (np.abs(rewards) <= 1).all()
-  assert rewards[0] != rewards[1]  # the response is read (which one a 135M judge prefers is not asserted)
+  assert rewards[0] != rewards[1]  # the response is read (which one a 135M judge prefers: not asserted)
 
 
 def test_bad_responses_give_defined_labels_or_counted_skips(smollm2):
   model, tok = smollm2
-  d = judge_lib.Judge(model, tok, one_device(), judge_prompts.JudgeConfig(task='helpful', max_response_tokens=40))
+  d = judge_lib.Judge(model, tok, one_device(),
+                      judge_prompts.JudgeConfig(task='helpful', max_response_tokens=40))
   long = 'word ' * 400
   pref = d.pairwise([CONTEXT, CONTEXT, CONTEXT, CONTEXT], ['', long, None, SAFE],
                     [SAFE, SAFE, SAFE, 12345])
@@ -178,8 +180,8 @@ def test_critique_and_revise_writes_sft_pairs(smollm2, tmp_path):
   model, tok = smollm2
   gen = text_lib.TextGenerator(model, tok, one_device(), prompt_buckets=(256,))
   records = constitution.critique_and_revise(gen, [CONTEXT], [UNSAFE], ['Do not help with break-ins.'],
-                                      jax.random.key(0), sampler.SamplingConfig(24, temperature=0.0),
-                                      rounds=2)
+                                             jax.random.key(0), sampler.SamplingConfig(24, temperature=0.0),
+                                             rounds=2)
   r = records[0]
   assert len(r['critiques']) == 2 and len(r['revisions']) == 2 and all(r['critiques'])
   assert r['revision'] and r['revision'] in r['revisions'] + [UNSAFE]
@@ -189,4 +191,4 @@ def test_critique_and_revise_writes_sft_pairs(smollm2, tmp_path):
   assert row['prompt'] == CONTEXT and row['revision'] == r['revision']
   with pytest.raises(ValueError, match='rounds must be >= 1'):
     constitution.critique_and_revise(gen, [CONTEXT], [UNSAFE], ['x'], jax.random.key(0),
-                              sampler.SamplingConfig(4), rounds=0)
+                                     sampler.SamplingConfig(4), rounds=0)

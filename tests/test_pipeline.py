@@ -55,6 +55,8 @@ def test_every_stage_on_a_tiny_config(tmp_path, tiny_hf_folder, capsys):
   # reward model: held-out accuracy and statistics
   rm_info = json.load(open(tmp_path / 'reward_model' / 'model' / 'reward_stats.json'))
   assert 0 <= rm_info['accuracy_ai'] <= 1 and rm_info['std'] > 0 and rm_info['eval_pairs'] == 4
+  # it trained and evaluated on exactly the label stage's rows
+  assert rm_info['train_pairs'] + rm_info['eval_pairs'] == label['pairs'] - label['skipped']
   # rl: one finite metrics row per iteration, in metrics.jsonl and TensorBoard
   rl_rows = metrics.read(str(tmp_path), 'rl')
   assert [r['step'] for r in rl_rows] == list(range(1, config.rl.iterations + 1))

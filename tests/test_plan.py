@@ -30,7 +30,7 @@ def state_bytes(config) -> int:
   common = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype)
   policy = plan_steps.abstract_model(plan_steps.model_config('', config.model.architecture, **common))
   value = plan_steps.abstract_model(plan_steps.model_config('', config.reward_model.architecture,
-                                                scalar_head=True, **common))
+                                                            scalar_head=True, **common))
   optimizer = train_state.make_optimizer(1e-6, 10)
   state = jax.eval_shape(lambda: train_state.init_state({'policy': policy, 'value': value}, optimizer))
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))

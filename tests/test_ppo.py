@@ -32,8 +32,8 @@ def test_gae_equals_numpy(gamma, lam):
   lengths = np.array([11, 1, 5, 0, 7, 10])
   mask = np.arange(t)[None] < lengths[:, None]
   adv, ret = jax.jit(advantages.gae, static_argnums=(3, 4))(jnp.asarray(rewards, jnp.float32),
-                                                      jnp.asarray(values, jnp.float32),
-                                                      jnp.asarray(mask), gamma, lam)
+                                                            jnp.asarray(values, jnp.float32),
+                                                            jnp.asarray(mask), gamma, lam)
   ref_adv, ref_ret = numpy_gae(rewards, values, mask, gamma, lam)
   np.testing.assert_allclose(np.asarray(adv), ref_adv, atol=1e-5)
   np.testing.assert_allclose(np.asarray(ret), ref_ret, atol=1e-5)

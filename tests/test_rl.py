@@ -122,7 +122,8 @@ def test_judge_rewards_send_prompt_texts_and_decoded_responses(tokenizer_dir):
     response[i, len(x):] = ids[0][0]  # junk past the mask must not reach the judge
     mask[i, :len(x)] = True
   prompt = np.ones((2, 3), np.int32)
-  reward_source = rewards.make_reward_source(rl_config.RLConfig(reward='judge'), judge=FakeJudge(), tokenizer=tok)
+  reward_source = rewards.make_reward_source(rl_config.RLConfig(reward='judge'), judge=FakeJudge(),
+                                             tokenizer=tok)
   scored = reward_source(
       rewards.Responses(texts, prompt, np.ones_like(prompt, bool), response, mask))
   assert seen['contexts'] == texts
@@ -163,7 +164,7 @@ def test_rloo_needs_several_samples_per_prompt():
 
 def test_rloo_baseline_leaves_each_sample_out():
   adv = advantages.sequence_advantages(jnp.asarray([1.0, 2.0, 3.0, 10.0, 10.0, 10.0]),
-                               rl_config.RLConfig('rloo', samples_per_prompt=3))
+                                       rl_config.RLConfig('rloo', samples_per_prompt=3))
   np.testing.assert_allclose(np.asarray(adv), [1 - 2.5, 2 - 2.0, 3 - 1.5, 0, 0, 0])
 
 
@@ -265,7 +266,7 @@ def test_micro_batches_must_divide_the_minibatch():
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
   model = loading.random_model(CFG, 0, mesh)
   update = rl_update.make_update(model, optax.sgd(0.1), mesh, rl_config.RLConfig('ppo', minibatches=1,
-                                                                   micro_batches=3))
+                                                                                 micro_batches=3))
   z = np.zeros((4, 3), np.float32)
   rollout = rollout_lib.Rollout(z.astype(np.int32), z > -1, z.astype(np.int32), z > -1, z, z, z, z[:, 0])
   with pytest.raises(ValueError, match='micro-batches'):

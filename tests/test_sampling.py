@@ -53,8 +53,8 @@ def test_stop_tokens_end_rows_and_mask(tiny):
   stop = free[3]  # row 0 emits this token at step 3 (maybe earlier too)
   first = free.index(stop)
   run = sampler.make_sampler(tiny, one_device_mesh(),
-                              sampler.SamplingConfig(10, temperature=0.0, stop_tokens=(stop,)),
-                              pad_id=0)
+                             sampler.SamplingConfig(10, temperature=0.0, stop_tokens=(stop,)),
+                             pad_id=0)
   out = jax.device_get(run(nnx.state(tiny), tokens, valid, jax.random.key(0)))
   assert out.tokens[0, :first + 1].tolist() == free[:first + 1]
   assert out.mask[0].tolist() == [True] * (first + 1) + [False] * (9 - first)
@@ -146,7 +146,7 @@ def test_sharded_sampler_matches_one_device():
   mesh = shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
   sharded = loading.place(cfg, hf_checkpoint.host_arrays(nnx.state(single)), mesh)
   got = sampler.make_sampler(sharded, mesh, settings)(nnx.state(sharded), tokens, valid,
-                                                        jax.random.key(0))
+                                                      jax.random.key(0))
   assert got.tokens.sharding.spec[0] == ('data', 'fsdp')
   np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(expected.tokens))
   np.testing.assert_allclose(np.asarray(got.log_probs), np.asarray(expected.log_probs), atol=1e-4)
@@ -169,7 +169,7 @@ def test_score_values_come_from_the_state_before_each_response_token():
   response = np.array([[5, 6, 7], [8, 9, 0], [1, 2, 3], [4, 0, 0]], np.int32)
   rmask = response > 0
   scores = scoring.jit_token_scores(model, one_device_mesh())(nnx.state(model), tokens, valid, response,
-                                                           rmask)
+                                                              rmask)
   full = model_lib.forward(model, jnp.concatenate([tokens, response], 1),
                            jnp.concatenate([valid, rmask], 1))
   expected = np.asarray(full.values)[:, 7:10] * rmask  # value of the state that predicts each token

@@ -112,8 +112,8 @@ def test_greedy_equals_transformers_generate(smollm2, exported):
   tokens, valid = text_lib.left_pad(ids, 64, tok.pad_token_id)
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
   run = sampler.make_sampler(model, mesh, sampler.SamplingConfig(n, temperature=0.0,
-                                                                   stop_tokens=(tok.eos_token_id,)),
-                              pad_id=tok.pad_token_id)
+                                                                 stop_tokens=(tok.eos_token_id,)),
+                             pad_id=tok.pad_token_id)
   out = jax.device_get(run(nnx.state(model), tokens, valid, jax.random.key(0)))
   ref = LlamaForCausalLM.from_pretrained(exported, dtype=torch.float32).eval()
   for row, prompt in enumerate(ids):

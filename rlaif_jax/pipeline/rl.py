@@ -62,13 +62,13 @@ def build_loop(ctx: RunContext, cfg: RLConfig, policy, tokenizer) -> rl_loop.RLL
                         tokenizer.pad_token_id or 0)
 
 
-def train(ctx: RunContext, cfg: RLConfig, rl: rl_loop.RLLoop, tokenizer, reference: Any):
+def train(ctx: RunContext, cfg: RLConfig, iteration: rl_loop.RLLoop, tokenizer, reference: Any):
   """rl.iterations iterations from the latest checkpoint; returns (train state, KL coefficient)."""
   c = ctx.config.rl
   key = ctx.stage_key('rl')
   train_prompts, _ = ctx.prompts()
   batches = prompts_lib.batches(train_prompts, c.batch_size, ctx.config.seed)
-  ckpt, start, tree, meta = loop.resume(ctx, 'rl', {'train': rl.init(),
+  ckpt, start, tree, meta = loop.resume(ctx, 'rl', {'train': iteration.init(),
                                                     'key': jax.random.key_data(key)}, batches)
   state, key = tree['train'], jax.random.wrap_key_data(tree['key'])
   kl_coef = meta.get('kl_coef', cfg.kl_coef)
@@ -78,7 +78,8 @@ def train(ctx: RunContext, cfg: RLConfig, rl: rl_loop.RLLoop, tokenizer, referen
   try:
     for i in range(start, c.iterations):
       prompts = text_lib.encode_prompt_batch(tokenizer, next(batches), c.prompt_length)
-      state, kl_coef, m = rl.iteration(state, reference, kl_coef, prompts, jax.random.fold_in(key, i))
+      state, kl_coef, m = iteration.iteration(state, reference, kl_coef, prompts,
+                                              jax.random.fold_in(key, i))
       guard.check(i + 1, m['skipped'])
       writer.write(i + 1, m)
       progress.update(i + 1, {k: m[k] for k in ('reward', 'kl', 'entropy')})
@@ -101,8 +102,8 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   policy, tokenizer = ctx.policy(scalar_head=shared)
   # the reference parameters in the policy's own layout (with its head when the value head is shared)
   reference = jax.tree.map(jnp.copy, nnx.state(ctx.policy(reference=True, scalar_head=shared)[0]))
-  rl = build_loop(ctx, cfg, policy, tokenizer)
-  state, kl_coef = train(ctx, cfg, rl, tokenizer, reference)
+  iteration = build_loop(ctx, cfg, policy, tokenizer)
+  state, kl_coef = train(ctx, cfg, iteration, tokenizer, reference)
   nnx.update(policy, state.params['policy'])
   last = metrics.read(ctx.workdir, 'rl')[-3:]
   info = {'iterations': ctx.config.rl.iterations, 'kl_coef': kl_coef,
