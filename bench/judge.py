@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from rlaif_jax.feedback import judge as judge_lib
-from rlaif_jax.feedback import prompts as judge_prompts
+from rlaif_jax.feedback import requests as judge_requests
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import hf_checkpoint
 from rlaif_jax.models import loading
@@ -42,7 +42,7 @@ def main():
   torch.set_num_threads(os.cpu_count())
   model, tok = loading.load_model('smollm2')
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  j = judge_lib.Judge(model, tok, mesh, judge_prompts.JudgeConfig(task='harmless'))
+  j = judge_lib.Judge(model, tok, mesh, judge_requests.JudgeConfig(task='harmless'))
   ctx = [f'Human: {QUESTIONS[i % len(QUESTIONS)]}' for i in range(args.pairs)]
   a = [ANSWERS[i % len(ANSWERS)][0] for i in range(args.pairs)]
   b = [ANSWERS[i % len(ANSWERS)][1] for i in range(args.pairs)]
@@ -69,7 +69,7 @@ def main():
       for c, x, y in zip(ctx, a, b):
         probs = []
         for first, second in ((x, y), (y, x)):
-          req = j.encode(judge_prompts.pairwise_request(j.cfg, c, first, second), j.cfg.answer_prefix)
+          req = j.encode(judge_requests.pairwise_request(j.cfg, c, first, second), j.cfg.answer_prefix)
           logits = ref(torch.tensor([req])).logits[0, -1]
           probs.append(torch.softmax(torch.log_softmax(logits, -1)[ids], -1))
         p.append(((probs[0][0] + probs[1][1]) / 2).item())

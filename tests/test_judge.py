@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rlaif_jax.data import constitutions
+from rlaif_jax.data import constitution_files
 from rlaif_jax.data import human_pairs
 from rlaif_jax.feedback import alignment
 from rlaif_jax.feedback import constitution
 from rlaif_jax.feedback import judge as judge_lib
 from rlaif_jax.feedback import option_scoring
 from rlaif_jax.feedback import preferences
-from rlaif_jax.feedback import prompts as judge_prompts
+from rlaif_jax.feedback import requests as judge_requests
 from rlaif_jax.generation import sampler
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import sharding as shd
@@ -36,7 +36,7 @@ def one_device():
 @pytest.fixture(scope='module')
 def smol_judge(smollm2):
   model, tok = smollm2
-  return judge_lib.Judge(model, tok, one_device(), judge_prompts.JudgeConfig(task='harmless'))
+  return judge_lib.Judge(model, tok, one_device(), judge_requests.JudgeConfig(task='harmless'))
 
 
 def test_soft_label_matches_torch(smol_judge, smollm2, tmp_path):
@@ -44,7 +44,7 @@ def test_soft_label_matches_torch(smol_judge, smollm2, tmp_path):
   from transformers import LlamaForCausalLM
   model, tok = smollm2
   pref = smol_judge.pairwise([CONTEXT], [SAFE], [UNSAFE])
-  request = smol_judge.encode(judge_prompts.pairwise_request(smol_judge.cfg, CONTEXT, SAFE, UNSAFE),
+  request = smol_judge.encode(judge_requests.pairwise_request(smol_judge.cfg, CONTEXT, SAFE, UNSAFE),
                               smol_judge.cfg.answer_prefix)
   folder = str(tmp_path / 'smollm2')
   hf_checkpoint.export_folder(nnx.state(model), model.cfg, folder, tok)
@@ -59,12 +59,12 @@ def test_soft_label_matches_torch(smol_judge, smollm2, tmp_path):
 
 def test_debiasing_is_symmetric_and_raw_bias_is_reported(smollm2):
   model, tok = smollm2
-  on = judge_lib.Judge(model, tok, one_device(), judge_prompts.JudgeConfig(task='harmless'))
+  on = judge_lib.Judge(model, tok, one_device(), judge_requests.JudgeConfig(task='harmless'))
   p = on.pairwise([CONTEXT, CONTEXT], [SAFE, 'Sure.'], [UNSAFE, ''])
   q = on.pairwise([CONTEXT, CONTEXT], [UNSAFE, ''], [SAFE, 'Sure.'])
   np.testing.assert_allclose(q.p_a_better, 1 - p.p_a_better, atol=1e-6)
   np.testing.assert_allclose(p.p_a_better, (p.p_ab + p.p_ba) / 2, atol=1e-6)
-  off = judge_lib.Judge(model, tok, one_device(), judge_prompts.JudgeConfig(task='harmless', debias=False))
+  off = judge_lib.Judge(model, tok, one_device(), judge_requests.JudgeConfig(task='harmless', debias=False))
   raw = off.pairwise([CONTEXT], [SAFE], [UNSAFE])
   np.testing.assert_allclose(raw.p_a_better, p.p_ab[:1], atol=1e-5)  # the raw first-order label
   assert np.isnan(raw.p_ba).all()
@@ -104,7 +104,7 @@ def test_option_log_probs_equal_teacher_forcing():
 
 def test_direct_reward_is_in_range_reads_the_response_and_skips_non_text(smollm2):
   model, tok = smollm2
-  d = judge_lib.Judge(model, tok, one_device(), judge_prompts.JudgeConfig(task='harmless'))
+  d = judge_lib.Judge(model, tok, one_device(), judge_requests.JudgeConfig(task='harmless'))
   assert len(d.score_options[9]) == 3  # "1", "0", <|im_end|>: digits are split, 10 != 1
   rewards, skipped = d.direct_reward([CONTEXT, CONTEXT, None], [SAFE, UNSAFE, SAFE])
   assert skipped.tolist() == [False, False, True] and rewards[2] == -1.0
@@ -115,7 +115,7 @@ def test_direct_reward_is_in_range_reads_the_response_and_skips_non_text(smollm2
 def test_bad_responses_give_defined_labels_or_counted_skips(smollm2):
   model, tok = smollm2
   d = judge_lib.Judge(model, tok, one_device(),
-                      judge_prompts.JudgeConfig(task='helpful', max_response_tokens=40))
+                      judge_requests.JudgeConfig(task='helpful', max_response_tokens=40))
   long = 'word ' * 400
   pref = d.pairwise([CONTEXT, CONTEXT, CONTEXT, CONTEXT], ['', long, None, SAFE],
                     [SAFE, SAFE, SAFE, 12345])
@@ -136,7 +136,7 @@ def test_alignment_report_on_a_small_human_labeled_file(tmp_path, smollm2):
   path.write_text('\n'.join(json.dumps(r) for r in rows) + '\n')
   pairs = human_pairs.read_human_pairs(str(path))
   assert pairs[0].context == 'Human: How do I pick a lock?' and pairs[0].chosen == SAFE
-  d = judge_lib.Judge(model, tok, one_device(), judge_prompts.JudgeConfig(task='harmless'))
+  d = judge_lib.Judge(model, tok, one_device(), judge_requests.JudgeConfig(task='harmless'))
   report = alignment.alignment(d, pairs, batch_size=2, progress=False)
   assert report['pairs'] == 4 and report['skipped'] == 0
   assert 0 <= report['agreement'] <= 1 and 0 <= report['position_consistency'] <= 1
@@ -150,7 +150,7 @@ def test_alignment_report_on_a_small_human_labeled_file(tmp_path, smollm2):
 
 def test_chain_of_thought_gives_rationales_and_labels(smollm2):
   model, tok = smollm2
-  d = judge_lib.Judge(model, tok, one_device(), judge_prompts.JudgeConfig(task='harmless'))
+  d = judge_lib.Judge(model, tok, one_device(), judge_requests.JudgeConfig(task='harmless'))
   pref, rationales = d.pairwise_cot([CONTEXT, CONTEXT], [SAFE, None], [UNSAFE, SAFE],
                                     jax.random.key(0), sampler.SamplingConfig(24, temperature=0.0))
   assert rationales[0][0] and rationales[0][1]  # both orders explained, non-empty
@@ -165,15 +165,15 @@ def test_chain_of_thought_gives_rationales_and_labels(smollm2):
 def test_constitution_sampling_is_seeded(tmp_path):
   path = tmp_path / 'c.txt'
   path.write_text('# comment\nBe kind.\n\nBe honest.\nBe safe.\n')
-  principles = constitutions.read_constitution(str(path))
+  principles = constitution_files.read_constitution(str(path))
   assert principles == ['Be kind.', 'Be honest.', 'Be safe.']
   a = constitution.sample_principles(principles, 20, seed=3)
   assert a == constitution.sample_principles(principles, 20, seed=3) and len(set(a)) > 1
-  assert 'Judge by this principle: Be safe.' in judge_prompts.pairwise_request(
-      judge_prompts.JudgeConfig(), 'ctx', 'x', 'y', principle='Be safe.')
+  assert 'Judge by this principle: Be safe.' in judge_requests.pairwise_request(
+      judge_requests.JudgeConfig(), 'ctx', 'x', 'y', principle='Be safe.')
   (tmp_path / 'empty.txt').write_text('# nothing\n')
   with pytest.raises(ValueError, match='has no principles'):
-    constitutions.read_constitution(str(tmp_path / 'empty.txt'))
+    constitution_files.read_constitution(str(tmp_path / 'empty.txt'))
 
 
 def test_critique_and_revise_writes_sft_pairs(smollm2, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rlaif_jax.feedback import judge as judge_lib
-from rlaif_jax.feedback import prompts as judge_prompts
+from rlaif_jax.feedback import requests as judge_requests
 from rlaif_jax.generation import sampler
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import sharding as shd
@@ -22,7 +22,7 @@ def tiny(tiny_hf_folder):
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
   model, tok = loading.load_model(tiny_hf_folder, mesh)
   j = judge_lib.Judge(model, tok, mesh,
-                      judge_prompts.JudgeConfig(task='helpful', prompt_buckets=(256, 512)),
+                      judge_requests.JudgeConfig(task='helpful', prompt_buckets=(256, 512)),
                       name='tiny-judge')
   policy = text_lib.TextGenerator(model, tok, mesh, prompt_buckets=(64,))
   return j, policy

@@ -19,7 +19,7 @@ from rlaif_jax.infra import metrics
 from rlaif_jax.models import hf_checkpoint
 from rlaif_jax.models import loading
 from rlaif_jax.pipeline import context
-from rlaif_jax.pipeline import loop as pipeline_loop
+from rlaif_jax.pipeline import training_loop
 from rlaif_jax.pipeline import rl as rl_stage
 from rlaif_jax.pipeline import runner
 
@@ -203,7 +203,7 @@ def test_every_config_builds_and_documents_its_command(name, arg):
 
 def test_too_many_non_finite_steps_in_a_row_stop_with_the_checkpoint_named(tmp_path):
   ckpt = checkpoints.Checkpoints(str(tmp_path / 'ckpt'))
-  guard = pipeline_loop.NonFiniteGuard(2, 'rl', ckpt)
+  guard = training_loop.NonFiniteGuard(2, 'rl', ckpt)
   for step, skipped in enumerate([1, 1, 0, 1, 1], 1):  # a finite step resets the count
     guard.check(step, skipped)
   assert guard.total == 4

@@ -9,9 +9,9 @@ import jax
 import pytest
 
 from configs import pod_plans
-from rlaif_jax.plan import report as plan_report
+from rlaif_jax.plan import table as plan_table
 from rlaif_jax.plan import stages as plan_stages
-from rlaif_jax.plan import steps as plan_steps
+from rlaif_jax.plan import analysis as plan_analysis
 from rlaif_jax.training import state as train_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,15 +28,15 @@ def tiny(stages=('rl',), **mesh):
 def state_bytes(config) -> int:
   """Bytes of the PPO train state (policy + value model, AdamW moments), unsharded."""
   common = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype)
-  policy = plan_steps.abstract_model(plan_steps.model_config('', config.model.architecture, **common))
-  value = plan_steps.abstract_model(plan_steps.model_config('', config.reward_model.architecture,
-                                                            scalar_head=True, **common))
+  policy = plan_analysis.abstract_model(plan_analysis.model_config('', config.model.architecture, **common))
+  value = plan_analysis.abstract_model(plan_analysis.model_config('', config.reward_model.architecture,
+                                                                  scalar_head=True, **common))
   optimizer = train_state.make_optimizer(1e-6, 10)
   state = jax.eval_shape(lambda: train_state.init_state({'policy': policy, 'value': value}, optimizer))
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
 
 
-def update_step(p: plan_stages.Plan) -> plan_steps.Step:
+def update_step(p: plan_stages.Plan) -> plan_analysis.Step:
   (step,) = [s for s in p.steps if 'update' in s.name]
   return step
 
@@ -79,7 +79,7 @@ def test_every_stage_step_is_planned_with_numbers():
   # moments: over 3x the policy) and the reward model stay
   ref = [s for s in p.steps if s.name == 'score: reference log-probs'][0]
   assert ref.resident >= 3 * policy_bytes + reward_bytes, (ref.resident, policy_bytes)
-  text = plan_report.format_plan(p, tiny())
+  text = plan_table.format_plan(p, tiny())
   assert 'Everything fits' in text and 'per RL iteration' in text
 
 

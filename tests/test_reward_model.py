@@ -27,7 +27,7 @@ def synthetic_batch(rng, n, length=12):
   p = np.where(ca > cb, 0.9, np.where(ca < cb, 0.1, 0.5)).astype(np.float32)
   valid = np.ones_like(ta, bool)
   valid[: n // 4, : length // 3] = False  # some left padding
-  return rm.Batch(ta.astype(np.int32), valid, tb.astype(np.int32), valid.copy(), p)
+  return rm.PairBatch(ta.astype(np.int32), valid, tb.astype(np.int32), valid.copy(), p)
 
 
 def one_device():

@@ -55,7 +55,7 @@ def test_sft_raises_the_likelihood_of_the_demonstrations():
   # demonstrations: the response repeats the prompt's last token, then stops (token 2)
   prompt = rng.integers(3, 32, (16, 5)).astype(np.int32)
   response = np.concatenate([np.repeat(prompt[:, -1:], 3, 1), np.full((16, 1), 2)], 1).astype(np.int32)
-  batch = sft.Batch(prompt, np.ones_like(prompt, bool), response, np.ones_like(response, bool))
+  batch = sft.DemonstrationBatch(prompt, np.ones_like(prompt, bool), response, np.ones_like(response, bool))
   step = sft.make_train_step(model, train_state.make_optimizer(1e-2, 60, 5), mesh)
   state = step.init()
   losses = []

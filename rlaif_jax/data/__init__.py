@@ -1,3 +1,3 @@
 """Data: prompt sources, the train / held-out split and grain batches (`prompts`), the TFDS builder for
 local JSONL prompts (`prompt_dataset`), human-labeled preference pairs (`human_pairs`) and constitution
-files (`constitutions`). Imports only `infra`."""
+files (`constitution_files`). Imports only `infra`."""

@@ -1,6 +1,6 @@
 """The judge: a model with its tokenizer on a mesh; strings in, soft preferences and direct rewards out.
 
-It builds the request texts (`prompts`), cuts over-long contexts and responses, batches and buckets the
+It builds the request texts (`requests`), cuts over-long contexts and responses, batches and buckets the
 encoded requests, runs the option-scoring kernel (`option_scoring`) and turns answer log-probs into
 preferences (`preferences`). Chain-of-thought labels first let the judge write a rationale per order.
 """
@@ -16,7 +16,7 @@ from flax import nnx
 
 from rlaif_jax.feedback import option_scoring
 from rlaif_jax.feedback.preferences import Preference, expected_score_reward, soft_preference
-from rlaif_jax.feedback.prompts import RATIONALE_REQUEST, JudgeConfig, direct_request, pairwise_request
+from rlaif_jax.feedback.requests import RATIONALE_REQUEST, JudgeConfig, direct_request, pairwise_request
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.generation.sampler import SamplingConfig
 from rlaif_jax.infra import sharding as shd

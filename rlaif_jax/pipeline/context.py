@@ -13,9 +13,9 @@ import jax
 import ml_collections
 from flax import nnx
 
-from rlaif_jax.data import constitutions, prompts as prompts_lib
+from rlaif_jax.data import constitution_files, prompts as prompts_lib
 from rlaif_jax.feedback.judge import Judge
-from rlaif_jax.feedback.prompts import JudgeConfig
+from rlaif_jax.feedback.requests import JudgeConfig
 from rlaif_jax.generation.sampler import SamplingConfig
 from rlaif_jax.infra import checkpoints
 from rlaif_jax.infra import sharding as shd
@@ -83,7 +83,7 @@ class RunContext:
       return None
     if not os.path.isabs(path) and not os.path.exists(path):
       path = os.path.join(REPO_ROOT, path)
-    return constitutions.read_constitution(path)
+    return constitution_files.read_constitution(path)
 
   # ------------------------------------------------------------------------ data
   def prompts(self) -> tuple[list[str], list[str]]:

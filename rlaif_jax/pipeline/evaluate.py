@@ -16,7 +16,7 @@ from rlaif_jax.data import human_pairs
 from rlaif_jax.feedback import alignment
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import checkpoints
-from rlaif_jax.pipeline import loop, report
+from rlaif_jax.pipeline import report, training_loop
 from rlaif_jax.pipeline.context import RunContext
 
 
@@ -48,7 +48,7 @@ def write_samples(path: str, prompts, responses, p_policy_better) -> None:
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
-  if (info := loop.complete(ctx, 'eval', 'eval.json')) is not None:
+  if (info := training_loop.complete(ctx, 'eval', 'eval.json')) is not None:
     return info
   c = ctx.config.eval
   prompts = held_out_prompts(ctx)

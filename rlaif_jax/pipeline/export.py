@@ -10,12 +10,12 @@ from flax import nnx
 
 from rlaif_jax.infra import checkpoints
 from rlaif_jax.models import hf_checkpoint
-from rlaif_jax.pipeline import loop
+from rlaif_jax.pipeline import training_loop
 from rlaif_jax.pipeline.context import DONE, RunContext
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
-  if (info := loop.complete(ctx, 'export')) is not None:
+  if (info := training_loop.complete(ctx, 'export')) is not None:
     return info
   model, tokenizer = ctx.policy()
   folder = ctx.path('export')

@@ -25,7 +25,7 @@ from rlaif_jax.generation import text as text_lib
 from rlaif_jax.generation.sampler import SamplingConfig
 from rlaif_jax.infra import checkpoints, metrics
 from rlaif_jax.infra.progress import Progress
-from rlaif_jax.pipeline import loop
+from rlaif_jax.pipeline import training_loop
 from rlaif_jax.pipeline.context import DONE, RunContext
 
 CHUNKS = 'label_chunks'
@@ -85,7 +85,7 @@ def _write_rows(path: str, rows: list[dict]) -> None:
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
-  if (info := loop.complete(ctx, 'label')) is not None:
+  if (info := training_loop.complete(ctx, 'label')) is not None:
     return info
   c = ctx.config.label
   policy, tokenizer = ctx.policy()

@@ -15,7 +15,7 @@ from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import checkpoints
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import transformer as model_lib
-from rlaif_jax.pipeline import label, loop
+from rlaif_jax.pipeline import label, training_loop
 from rlaif_jax.pipeline.context import RunContext
 from rlaif_jax.training import reward_model as rm
 from rlaif_jax.training import state as state_lib
@@ -45,12 +45,12 @@ def pair_tokens(tokenizer, prompts, responses, length: int) -> tuple[np.ndarray,
   return text_lib.left_pad([x[-length:] for x in ids], length, pad)
 
 
-def pair_batch(tokenizer, rows: list[dict], length: int) -> rm.Batch:
+def pair_batch(tokenizer, rows: list[dict], length: int) -> rm.PairBatch:
   """A reward-model batch from preference rows: both sides tokenized, the soft label P(a better)."""
   prompts = [r['prompt'] for r in rows]
   ta, va = pair_tokens(tokenizer, prompts, [r['response_a'] for r in rows], length)
   tb, vb = pair_tokens(tokenizer, prompts, [r['response_b'] for r in rows], length)
-  return rm.Batch(ta, va, tb, vb, np.asarray([r['p_a_better'] for r in rows], np.float32))
+  return rm.PairBatch(ta, va, tb, vb, np.asarray([r['p_a_better'] for r in rows], np.float32))
 
 
 def labeled_rows(ctx: RunContext, batch_size: int, eval_fraction: float
@@ -79,7 +79,8 @@ def held_out_report(ctx: RunContext, model, reward, params, batch, eval_rows, ba
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
-  if (info := loop.complete(ctx, 'reward_model', os.path.join('model', STATS_FILE))) is not None:
+  info = training_loop.complete(ctx, 'reward_model', os.path.join('model', STATS_FILE))
+  if info is not None:
     return info
   c = ctx.config.reward_model
   train_rows, eval_rows = labeled_rows(ctx, c.batch_size, c.eval_fraction)
@@ -87,8 +88,8 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   batch = lambda rows: pair_batch(tokenizer, rows, c.max_length)
   optimizer = state_lib.make_optimizer(c.learning_rate, c.steps, c.warmup_steps)
   step = rm.make_train_step(model, optimizer, ctx.mesh, c.micro_batches)
-  state = loop.fit(ctx, 'reward_model', step, step.init(), train_rows, c.batch_size, batch, c.steps,
-                   ctx.config.seed)
+  state = training_loop.fit(ctx, 'reward_model', step, step.init(), train_rows, c.batch_size, batch,
+                            c.steps, ctx.config.seed)
   reward = rm.make_reward_fn(model)
   report = held_out_report(ctx, model, reward, state.params, batch, eval_rows, c.batch_size)
   train_rewards = [np.asarray(reward(state.params, b.tokens_a, b.valid_a))

@@ -19,7 +19,7 @@ from rlaif_jax.data import prompts as prompts_lib
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import checkpoints, metrics
 from rlaif_jax.infra.progress import Progress
-from rlaif_jax.pipeline import loop, reward_model
+from rlaif_jax.pipeline import reward_model, training_loop
 from rlaif_jax.pipeline.context import DONE, RunContext
 from rlaif_jax.rl import loop as rl_loop
 from rlaif_jax.rl import rewards
@@ -68,13 +68,13 @@ def train(ctx: RunContext, cfg: RLConfig, iteration: rl_loop.RLLoop, tokenizer, 
   key = ctx.stage_key('rl')
   train_prompts, _ = ctx.prompts()
   batches = prompts_lib.batches(train_prompts, c.batch_size, ctx.config.seed)
-  ckpt, start, tree, meta = loop.resume(ctx, 'rl', {'train': iteration.init(),
-                                                    'key': jax.random.key_data(key)}, batches)
+  like = {'train': iteration.init(), 'key': jax.random.key_data(key)}
+  ckpt, start, tree, meta = training_loop.resume(ctx, 'rl', like, batches)
   state, key = tree['train'], jax.random.wrap_key_data(tree['key'])
   kl_coef = meta.get('kl_coef', cfg.kl_coef)
   writer = metrics.Writer(ctx.workdir, 'rl', resume_step=start)  # drops rows of a killed try
   progress = Progress('rl', c.iterations, start, unit='iteration', every=0)
-  guard = loop.NonFiniteGuard(ctx.config.train.max_nonfinite_steps, 'rl', ckpt)
+  guard = training_loop.NonFiniteGuard(ctx.config.train.max_nonfinite_steps, 'rl', ckpt)
   try:
     for i in range(start, c.iterations):
       prompts = text_lib.encode_prompt_batch(tokenizer, next(batches), c.prompt_length)
@@ -87,7 +87,7 @@ def train(ctx: RunContext, cfg: RLConfig, iteration: rl_loop.RLLoop, tokenizer, 
       tree = {'train': state, 'key': jax.random.key_data(key)}
       ckpt.save(i + 1, tree, meta, force=i + 1 == c.iterations)
       if ctx.terminate:
-        loop.save_and_exit(ckpt, i + 1, tree, meta, 'rl')
+        training_loop.save_and_exit(ckpt, i + 1, tree, meta, 'rl')
   finally:
     writer.close()
     ckpt.close()
@@ -95,7 +95,7 @@ def train(ctx: RunContext, cfg: RLConfig, iteration: rl_loop.RLLoop, tokenizer, 
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
-  if (info := loop.complete(ctx, 'rl')) is not None:
+  if (info := training_loop.complete(ctx, 'rl')) is not None:
     return info
   cfg = rl_config(ctx.config.rl)
   shared = cfg.algorithm == 'ppo' and cfg.value_model == 'shared'
@@ -108,6 +108,6 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   last = metrics.read(ctx.workdir, 'rl')[-3:]
   info = {'iterations': ctx.config.rl.iterations, 'kl_coef': kl_coef,
           **{k: float(np.mean([r[k] for r in last])) for k in ('reward', 'kl', 'reward_raw')}}
-  checkpoints.save_params(ctx.path('rl', 'policy'), loop.policy_params(policy), info)
+  checkpoints.save_params(ctx.path('rl', 'policy'), training_loop.policy_params(policy), info)
   checkpoints.write_json(ctx.path('rl', DONE), info)
   return info

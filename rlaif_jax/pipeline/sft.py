@@ -14,13 +14,13 @@ from flax import nnx
 from rlaif_jax.feedback import constitution
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import checkpoints
-from rlaif_jax.pipeline import loop
+from rlaif_jax.pipeline import training_loop
 from rlaif_jax.pipeline.context import DONE, RunContext
 from rlaif_jax.training import sft, state as state_lib
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
-  if (info := loop.complete(ctx, 'sft')) is not None:
+  if (info := training_loop.complete(ctx, 'sft')) is not None:
     return info
   c = ctx.config.sft
   model, tokenizer = ctx.policy()
@@ -35,11 +35,11 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
                                  c.prompt_length, c.response_length)
   optimizer = state_lib.make_optimizer(c.learning_rate, c.steps, c.warmup_steps)
   step = sft.make_train_step(model, optimizer, ctx.mesh)
-  state = loop.fit(ctx, 'sft', step, step.init(), list(range(len(prompts))), c.batch_size, batch,
-                   c.steps, ctx.config.seed)
+  state = training_loop.fit(ctx, 'sft', step, step.init(), list(range(len(prompts))), c.batch_size,
+                            batch, c.steps, ctx.config.seed)
   nnx.update(model, state.params)
   info = {'examples': len(prompts), 'steps': c.steps}
-  checkpoints.save_params(ctx.path('sft', 'policy'), loop.policy_params(model), info)
+  checkpoints.save_params(ctx.path('sft', 'policy'), training_loop.policy_params(model), info)
   checkpoints.write_json(ctx.path('sft', DONE), info)
   return info
 

@@ -15,7 +15,7 @@ for every step that does not fit.
 
 Exit status 1 when a step does not fit, 2 for a bad flag or config.
 
-Modules: `chips` (the TPU chips' published figures and topologies), `steps` (compiling one step and
-reading its memory and cost), `stages` (the steps of each stage, `make_plan`), `report` (the table
+Modules: `chips` (the TPU chips' published figures and topologies), `analysis` (compiling one step and
+reading its memory and cost), `stages` (the steps of each stage, `make_plan`), `table` (the table
 and the advice), `__main__` (the command line).
 """

@@ -29,10 +29,10 @@ flags.mark_flags_as_required(['config', 'topology'])
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
-  from rlaif_jax.plan import report, stages
+  from rlaif_jax.plan import stages, table
   config = _CONFIG.value
   plan = stages.make_plan(config, _TOPOLOGY.value, _MFU.value)
-  print(report.format_plan(plan, config), flush=True)
+  print(table.format_plan(plan, config), flush=True)
   sys.exit(0 if plan.fits else 1)
 
 

@@ -17,12 +17,12 @@ import ml_collections
 from flax import nnx
 
 from rlaif_jax.feedback import option_scoring
-from rlaif_jax.feedback.prompts import JudgeConfig
+from rlaif_jax.feedback.requests import JudgeConfig
 from rlaif_jax.generation import sampler, scoring
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.plan.chips import Chip, topology_devices
-from rlaif_jax.plan.steps import (S, Step, abstract_arrays, abstract_key, abstract_model,
+from rlaif_jax.plan.analysis import (S, Step, abstract_arrays, abstract_key, abstract_model,
                                   compile_step, decoding_shardings, device_bytes, loop_free_cost,
                                   model_config, params_bytes)
 from rlaif_jax.rl import rewards
@@ -126,7 +126,7 @@ def reward_model_steps(p: Planning) -> list[Step]:
   optimizer = state_lib.make_optimizer(c.learning_rate, c.steps, c.warmup_steps)
   step = rm.make_train_step(p.reward, optimizer, p.mesh, c.micro_batches)
   pair = (S((c.batch_size, c.max_length), jnp.int32), S((c.batch_size, c.max_length), bool))
-  batch = rm.Batch(*pair, *pair, S((c.batch_size,), jnp.float32))
+  batch = rm.PairBatch(*pair, *pair, S((c.batch_size,), jnp.float32))
 
   def whole(layers: int):  # no accumulation loop, for the cost
     one = rm.make_train_step(abstract_model(p.reward.cfg.replace(num_layers=layers)), optimizer,

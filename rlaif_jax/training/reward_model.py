@@ -33,7 +33,7 @@ def sequence_rewards(model: model_lib.Transformer, tokens: jax.Array, valid: jax
   return jnp.take_along_axis(out.values, last[:, None], axis=1)[:, 0]
 
 
-class Batch(NamedTuple):
+class PairBatch(NamedTuple):
   """A batch of pairs: each side is prompt + response, [B, T] tokens and a validity mask."""
   tokens_a: jax.Array
   valid_a: jax.Array
@@ -42,7 +42,7 @@ class Batch(NamedTuple):
   p_a: jax.Array  # [B] soft label P(a better)
 
 
-def pair_rewards(model: model_lib.Transformer, batch: Batch) -> tuple[jax.Array, jax.Array]:
+def pair_rewards(model: model_lib.Transformer, batch: PairBatch) -> tuple[jax.Array, jax.Array]:
   """Rewards of both sides in one forward pass over the stacked [2B, T] batch."""
   tokens = jnp.concatenate([batch.tokens_a, batch.tokens_b])
   valid = jnp.concatenate([batch.valid_a, batch.valid_b])
@@ -50,7 +50,7 @@ def pair_rewards(model: model_lib.Transformer, batch: Batch) -> tuple[jax.Array,
   return jnp.split(r, 2)
 
 
-def rm_loss(model: model_lib.Transformer, batch: Batch):
+def rm_loss(model: model_lib.Transformer, batch: PairBatch):
   """Soft Bradley-Terry loss of a batch of pairs, with agreement and mean reward as metrics."""
   r_a, r_b = pair_rewards(model, batch)
   loss = preference_loss(r_a, r_b, batch.p_a)
@@ -92,7 +92,7 @@ def reward_stats(rewards: Any) -> RewardStats:
   return RewardStats(float(r.mean()), float(max(r.std(), 1e-6)))
 
 
-def evaluate(reward_fn, params: Any, batches: Iterable[Batch],
+def evaluate(reward_fn, params: Any, batches: Iterable[PairBatch],
              human_a_better: Iterable[np.ndarray] | None = None) -> dict[str, float]:
   """Held-out accuracy of a reward model: the share of pairs where r_a > r_b agrees with the AI
   label (pairs whose soft label is exactly 0.5 are left out) and, when given, with human labels

@@ -20,14 +20,14 @@ from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.training import step as step_lib
 
 
-class Batch(NamedTuple):
+class DemonstrationBatch(NamedTuple):
   prompt: Any  # [B, P] left-padded
   prompt_valid: Any
   response: Any  # [B, N] right-padded, ends with the stop token
   mask: Any
 
 
-def sft_loss(model: model_lib.Transformer, batch: Batch):
+def sft_loss(model: model_lib.Transformer, batch: DemonstrationBatch):
   """Mean negative log-likelihood per response token."""
   s = scoring.token_scores(model, batch.prompt, batch.prompt_valid, batch.response, batch.mask)
   nll = -scoring.masked_mean(s.log_probs, batch.mask)
@@ -41,7 +41,7 @@ def make_train_step(model: model_lib.Transformer, optimizer: optax.GradientTrans
 
 
 def encode(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], prompt_length: int,
-           response_length: int, chat: bool = True) -> Batch:
+           response_length: int, chat: bool = True) -> DemonstrationBatch:
   """Token arrays for demonstrations; responses are cut to `response_length` tokens including the
   end-of-turn token (the tokenizer's eos), prompts longer than `prompt_length` keep their end."""
   eos = tokenizer.eos_token_id
@@ -55,4 +55,4 @@ def encode(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], pro
   for i, text in enumerate(responses):
     ids = (tokenizer.encode(text, add_special_tokens=False) + [eos])[:response_length]
     response[i, :len(ids)], mask[i, :len(ids)] = ids, True
-  return Batch(tokens, valid, response, mask)
+  return DemonstrationBatch(tokens, valid, response, mask)

@@ -9,7 +9,7 @@ import ml_collections
 
 from rlaif_jax.plan.chips import GiB, HEADROOM
 from rlaif_jax.plan.stages import Plan
-from rlaif_jax.plan.steps import Step
+from rlaif_jax.plan.analysis import Step
 
 
 def advice(step: Step, plan: Plan, config: ml_collections.ConfigDict) -> str:
