@@ -59,6 +59,20 @@ def test_tokenizer_matches_transformers_gguf_converter(smollm2):
     assert tok.encode(s, add_special_tokens=False) == ref.encode(s, add_special_tokens=False), s
 
 
+def test_tokenizer_splits_digits_first_as_llama_cpp_does(smollm2):
+  """llama.cpp's smollm pre-tokenizer isolates digits, then applies the GPT-2 regex to each piece, so
+  a blank line before a digit is one token; transformers' GGUF conversion splits it in two (why
+  gguf_checkpoint rebuilds the tokenizer instead of using that conversion)."""
+  from transformers import AutoTokenizer
+  _, tok = smollm2
+  text = 'the world.\n\n1. Business'
+  assert tok.convert_ids_to_tokens(tok.encode(text, add_special_tokens=False)) == [
+      'the', 'Ġworld', '.', 'ĊĊ', '1', '.', 'ĠBusiness']
+  folder, name = os.path.split(gguf_checkpoint.smollm2_path())
+  converted = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+  assert 'ĊĊ' not in converted.tokenize(text)  # the divergence the rebuild avoids
+
+
 def test_greedy_answer_contains_paris(smollm2):
   model, tok = smollm2
   gen = text_lib.TextGenerator(model, tok, shd.make_mesh({'data': 1}, jax.devices()[:1]))
