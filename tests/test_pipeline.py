@@ -20,8 +20,8 @@ from rlaif_jax.models import hf_checkpoint
 from rlaif_jax.models import loading
 from rlaif_jax.pipeline import context
 from rlaif_jax.pipeline import training_loop
-from rlaif_jax.pipeline import rl as rl_stage
 from rlaif_jax.pipeline import runner
+from rlaif_jax.rl import config as rl_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ('time_', 'share_', 'seconds')
@@ -194,7 +194,7 @@ def test_every_config_builds_and_documents_its_command(name, arg):
   module = importlib.import_module(f'configs.{name}')
   c = module.get_config(arg)
   assert c.stages and set(c.stages) <= set(runner.STAGES)
-  cfg = rl_stage.rl_config(c.rl)
+  cfg = rl_config.RLConfig.from_config(c.rl)
   assert cfg.reward == ('judge' if arg == 'drlaif' else 'reward_model')
   assert 'python -m rlaif_jax.main --config=configs/' in module.__doc__
   with pytest.raises(ValueError, match='option'):

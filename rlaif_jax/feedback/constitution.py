@@ -12,6 +12,16 @@ from rlaif_jax.generation import text as text_lib
 from rlaif_jax.generation.sampler import SamplingConfig
 
 
+def principles_for(constitution: Sequence[str] | None, seed: int, start: int, n: int
+                   ) -> list[str | None]:
+  """The principle of comparisons start .. start + n - 1: drawn by a generator seeded with (seed,
+  index), so each comparison's principle is fixed whatever batch it is labeled in."""
+  if not constitution:
+    return [None] * n
+  return [constitution[int(np.random.default_rng([seed, start + i]).integers(len(constitution)))]
+          for i in range(n)]
+
+
 def sample_principles(principles: Sequence[str], n: int, seed: int) -> list[str]:
   """One principle per comparison, drawn with a seeded generator (record it with the label)."""
   rng = np.random.default_rng(seed)

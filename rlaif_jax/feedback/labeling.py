@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from rlaif_jax.feedback.constitution import principles_for
 from rlaif_jax.feedback.judge import Judge
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.generation.sampler import SamplingConfig
@@ -20,16 +21,6 @@ from rlaif_jax.generation.sampler import SamplingConfig
 # What a preference row holds (the reward-model stage reads response_a / response_b / p_a_better).
 ROW_FIELDS = ('index', 'prompt', 'response_a', 'response_b', 'p_a_better', 'p_ab', 'p_ba',
               'consistent', 'skipped', 'principle', 'rationale_ab', 'rationale_ba', 'judge')
-
-
-def principles_for(constitution: Sequence[str] | None, seed: int, start: int, n: int
-                   ) -> list[str | None]:
-  """The principle of comparisons start .. start + n - 1: drawn by a generator seeded with (seed,
-  index), so each comparison's principle is fixed whatever batch it is labeled in."""
-  if not constitution:
-    return [None] * n
-  return [constitution[int(np.random.default_rng([seed, start + i]).integers(len(constitution)))]
-          for i in range(n)]
 
 
 def response_pairs(policy: text_lib.TextGenerator, prompts: Sequence[str], settings: SamplingConfig,

@@ -11,7 +11,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -25,11 +24,6 @@ from rlaif_jax.rl import loop as rl_loop
 from rlaif_jax.rl import rewards
 from rlaif_jax.rl.config import RLConfig
 from rlaif_jax.training import state as state_lib
-
-
-def rl_config(c: ml_collections.ConfigDict) -> RLConfig:
-  """The RLConfig in config.rl (its other fields are the loop's: iterations, batch size...)."""
-  return RLConfig(**{f.name: c[f.name] for f in dataclasses.fields(RLConfig)})
 
 
 def reward_source_and_value_model(ctx: RunContext, cfg: RLConfig, tokenizer: Any):
@@ -97,7 +91,7 @@ def train(ctx: RunContext, cfg: RLConfig, iteration: rl_loop.RLLoop, tokenizer, 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
   if (info := training_loop.complete(ctx, 'rl')) is not None:
     return info
-  cfg = rl_config(ctx.config.rl)
+  cfg = RLConfig.from_config(ctx.config.rl)
   shared = cfg.algorithm == 'ppo' and cfg.value_model == 'shared'
   policy, tokenizer = ctx.policy(scalar_head=shared)
   # the reference parameters in the policy's own layout (with its head when the value head is shared)

@@ -68,7 +68,7 @@ def plan_models(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> P
   rules = shd.rules_from_config(config.logical_axis_rules)
   m = config.model
   common = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, logical_axis_rules=rules)
-  rl_cfg = RLConfig(**{f.name: config.rl[f.name] for f in dataclasses.fields(RLConfig)})
+  rl_cfg = RLConfig.from_config(config.rl)
   shared_head = rl_cfg.algorithm == 'ppo' and rl_cfg.value_model == 'shared'
   policy = abstract_model(model_config(m.source, m.architecture, **common).replace(
       scalar_head=shared_head))
@@ -137,10 +137,10 @@ def reward_model_steps(p: Planning) -> list[Step]:
                        (jax.eval_shape(step.init), batch), p.mesh, cost)]
 
 
-def rl_scoring_steps(p: Planning, response: tuple, w_state: int, others: int, value) -> list[Step]:
+def rl_scoring_steps(p: Planning, response: tuple, w_state: int, w_policy: int, scorer_weights: int,
+                     value) -> list[Step]:
   """The reference log-probs, PPO's old-values pass (when the update runs one) and the reward."""
-  scorer_weights = p.weights(p.reward) if p.rl.reward == 'reward_model' else p.weights(p.judge)
-  w_policy = p.weights(p.policy)
+  others = w_policy + scorer_weights
   score = scoring.jit_token_scores(p.policy, p.mesh).jitted
   steps = [compile_step(Step('rl', 'score: reference log-probs', 1, w_state + scorer_weights), score,
                         (abstract_arrays(nnx.state(p.policy)), *response), p.mesh)]
@@ -200,7 +200,7 @@ def rl_steps(p: Planning) -> list[Step]:
   response = (S((rows, c.prompt_length), jnp.int32), S((rows, c.prompt_length), bool),
               S((rows, n), jnp.int32), S((rows, n), bool))
   return (sampler_steps(p, 'rl', rows, c.sampling, w_state - w_policy + others)
-          + rl_scoring_steps(p, response, w_state, others, value)
+          + rl_scoring_steps(p, response, w_state, w_policy, scorer_weights, value)
           + [rl_update_step(p, update, optimizer, rows, response, others, value)])
 
 

@@ -4,6 +4,7 @@ read) and the choices they allow."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Mapping
 
 ALGORITHMS = ('ppo', 'reinforce', 'rloo')
 REWARDS = ('reward_model', 'judge')
@@ -31,6 +32,11 @@ class RLConfig:
   kl_horizon: float = 10000.0  # the controller's horizon (in samples)
   missing_eos_penalty: float = 0.0  # subtracted from the score of a response that never stopped
   reward: str = 'reward_model'  # the score: 'reward_model' (canonical RLAIF) or 'judge' (d-RLAIF)
+
+  @classmethod
+  def from_config(cls, c: Mapping[str, Any]) -> 'RLConfig':
+    """The RLConfig fields of config.rl (its other fields are the loop's: iterations, batch size...)."""
+    return cls(**{f.name: c[f.name] for f in dataclasses.fields(cls)})
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:

@@ -51,7 +51,9 @@ class UpdateModels(NamedTuple):
   @classmethod
   def split(cls, policy: model_lib.Transformer, value_model: model_lib.Transformer | None = None
             ) -> 'UpdateModels':
-    parts = lambda m: tuple(nnx.split(m, nnx.Param, ...)[::2])  # (graphdef, rest)
+    def parts(m):
+      graphdef, _, rest = nnx.split(m, nnx.Param, ...)
+      return graphdef, rest
     return cls(parts(policy), None if value_model is None else parts(value_model))
 
   def policy_model(self, params: Any) -> model_lib.Transformer:
