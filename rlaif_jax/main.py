@@ -3,6 +3,9 @@
 Parses flags and hands the config to the library; nothing below reads flags.
 """
 
+import os
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -23,6 +26,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   distributed.initialize(config.get('distributed', 'auto'))  # before anything touches a device
+  if not distributed.is_writer():  # one process prints progress; errors still reach stderr
+    sys.stdout = open(os.devnull, 'w')
   runner.run_stages(config, _WORKDIR.value)
 
 

@@ -23,7 +23,10 @@ import os
 from typing import Any, Sequence
 
 import grain
+import jax
 import numpy as np
+
+from rlaif_jax.infra import distributed, storage
 
 
 def chatterbot_prompts() -> list[str]:
@@ -45,10 +48,10 @@ def chatterbot_prompts() -> list[str]:
 
 def read_jsonl(path: str, field: str) -> list[str]:
   """The `field` of every row; a malformed row is an error naming its line."""
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise FileNotFoundError(f'Prompt file {path} does not exist; fix config.data.source.')
   out = []
-  with open(path, encoding='utf-8') as f:
+  with storage.path(path).open(encoding='utf-8') as f:
     for n, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -68,8 +71,9 @@ def _decode(x: Any) -> str:
   return x.decode('utf-8') if isinstance(x, bytes) else str(x)
 
 
-def load_prompts(data: Any, workdir: str) -> list[str]:
-  """All prompts of `config.data` (see the module docstring), de-duplicated in order."""
+def load_prompts(data: Any, workdir: storage.PathLike) -> list[str]:
+  """All prompts of `config.data` (see the module docstring), de-duplicated in order. Collective with
+  several processes (process 0 converts a JSONL file; all read it)."""
   source = data.source
   if source == 'inline':
     prompts = list(data.prompts)
@@ -87,8 +91,7 @@ def load_prompts(data: Any, workdir: str) -> list[str]:
     if not rows:
       raise ValueError(f'Prompt file {source} has no prompts; add rows like '
                        f'{{"{data.prompt_field}": "..."}}.')
-    ds = prompt_dataset.load(prompt_dataset.build(source, data.prompt_field,
-                                                  os.path.join(workdir, 'data')))
+    ds = prompt_dataset.load(build_once(source, data.prompt_field, workdir))
     prompts = [_decode(ds[i]['prompt']) for i in range(len(ds))]
   else:
     raise ValueError(f"Unknown config.data.source {source!r}; use 'inline', 'chatterbot', a .jsonl "
@@ -102,6 +105,22 @@ def load_prompts(data: Any, workdir: str) -> list[str]:
   if not out:
     raise ValueError(f'No prompts in config.data.source={source!r}; it is empty.')
   return out[:data.max_prompts] if data.max_prompts > 0 else out
+
+
+def build_once(source: str, field: str, workdir: storage.PathLike) -> str:
+  """The JSONL file's TFDS dataset directory, in the workdir: process 0 converts it while the others
+  wait, then they open the finished one. With a workdir in a bucket it goes in each process's local
+  cache instead (TFDS writes local files)."""
+  from rlaif_jax.data import prompt_dataset
+  if storage.is_url(workdir):
+    cache = os.path.join(os.path.expanduser('~'), '.cache', 'rlaif_jax', 'prompts',
+                         f'process_{jax.process_index()}')
+    return prompt_dataset.build(source, field, cache)
+  data_dir = os.fspath(storage.path(workdir) / 'data')
+  if distributed.is_writer():
+    prompt_dataset.build(source, field, data_dir)
+  distributed.barrier('prompt dataset')
+  return prompt_dataset.build(source, field, data_dir)  # prepared already: only opened
 
 
 def split(prompts: Sequence[str], num_heldout: int, seed: int) -> tuple[list[str], list[str]]:

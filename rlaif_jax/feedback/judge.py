@@ -19,6 +19,7 @@ from rlaif_jax.feedback.preferences import Preference, expected_score_reward, so
 from rlaif_jax.feedback.requests import RATIONALE_REQUEST, JudgeConfig, direct_request, pairwise_request
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.generation.sampler import SamplingConfig
+from rlaif_jax.infra import distributed
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import transformer as model_lib
 
@@ -78,7 +79,7 @@ class Judge:
     for i, o in enumerate(options):
       opt[i, :len(o)], opt_valid[i, :len(o)] = o, True
     out = self._option_log_probs(self.state, tokens, valid, opt, opt_valid)
-    return np.asarray(jax.device_get(out))[:len(requests)]
+    return distributed.to_host(out)[:len(requests)]
 
   def pairwise(self, contexts: Sequence[Any], responses_a: Sequence[Any], responses_b: Sequence[Any],
                principles: Sequence[str | None] | None = None,

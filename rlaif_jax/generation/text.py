@@ -14,6 +14,7 @@ from flax import nnx
 
 from rlaif_jax.generation import sampler as sampler_lib
 from rlaif_jax.generation.sampler import SamplingConfig
+from rlaif_jax.infra import distributed
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import transformer as model_lib
 
@@ -96,7 +97,7 @@ class TextGenerator:
     tokens, valid = left_pad(ids, length, self.pad_id)
     if cfg not in self._samplers:
       self._samplers[cfg] = sampler_lib.make_sampler(self.model, self.mesh, cfg, self.pad_id)
-    out = jax.device_get(self._samplers[cfg](self.state, tokens, valid, key))
+    out = distributed.to_host(self._samplers[cfg](self.state, tokens, valid, key))
     texts = []
     for row, m in zip(out.tokens[:len(prompts)], out.mask[:len(prompts)]):
       kept = [int(t) for t, k in zip(row, m) if k and int(t) not in cfg.stop_tokens]

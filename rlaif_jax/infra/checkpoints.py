@@ -10,8 +10,6 @@ checkpoint directory only counts once Orbax has finalized it, so a kill mid-save
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import jax
@@ -19,22 +17,25 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from rlaif_jax.infra import sharding as shd
+from rlaif_jax.infra import storage
 
 _ITEMS = ('state', 'meta')
 
 
 def abstract(tree: Any) -> Any:
-  """Shape/dtype/sharding stand-ins for a pytree of arrays (what restore fills in)."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+  """Shape/dtype/sharding stand-ins for a pytree of arrays (what restore fills in); NumPy leaves (host
+  values every process holds, such as PRNG key data) stay NumPy."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+                      if isinstance(x, jax.Array) else x, tree)
 
 
 class Checkpoints:
   """Periodic, asynchronous, keep-last-N checkpoints of one stage."""
 
-  def __init__(self, directory: str, interval: int = 1, keep: int = 2, async_save: bool = True):
+  def __init__(self, directory: storage.PathLike, interval: int = 1, keep: int = 2, async_save: bool = True):
     if interval < 1 or keep < 1:
       raise ValueError(f'checkpoint.interval and checkpoint.keep must be >= 1, got {interval}, {keep}.')
-    self.directory = os.path.abspath(directory)
+    self.directory = storage.path(directory)
     options = ocp.CheckpointManagerOptions(save_interval_steps=interval, max_to_keep=keep,
                                            enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
@@ -66,29 +67,28 @@ class Checkpoints:
     self.manager.close()
 
 
-def stage_of(path: str, check: bool = False) -> str | None:
+def stage_of(path: storage.PathLike, check: bool = False) -> str | None:
   """The stage a checkpoint path belongs to: WORKDIR/<stage>/checkpoints[/<step>] -> <stage>.
   With check=True, a path that does not exist or does not look like that is an error."""
   if not path:
     return None
-  parts = os.path.abspath(path).split(os.sep)
-  if parts[-1].isdigit():
-    parts = parts[:-1]
-  if check and (not os.path.isdir(path) or len(parts) < 2 or parts[-1] != 'checkpoints'):
+  p = storage.path(path)
+  if p.name.isdigit():
+    p = p.parent
+  if check and (not storage.path(path).is_dir() or p.name != 'checkpoints'):
     raise FileNotFoundError(f'checkpoint.restore_from={path!r}: not an existing checkpoint folder; '
                             f'give WORKDIR/<stage>/checkpoints or WORKDIR/<stage>/checkpoints/<step>.')
-  return parts[-2] if len(parts) >= 2 and parts[-1] == 'checkpoints' else None
+  return p.parent.name if p.name == 'checkpoints' else None
 
 
-def restore_from(path: str, like: Any) -> tuple[int, Any, dict]:
+def restore_from(path: storage.PathLike, like: Any) -> tuple[int, Any, dict]:
   """Start from a given checkpoint: a stage's checkpoint directory (its latest step) or one step's
   directory inside it. A missing or empty path is a clear error."""
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
+  path = storage.path(path)
+  if not path.is_dir():
     raise FileNotFoundError(f'checkpoint.restore_from: no checkpoint directory {path}; give a '
                             f'stage checkpoint folder (e.g. WORKDIR/rl/checkpoints) or one of its steps.')
-  base = os.path.basename(path)
-  parent, step = (os.path.dirname(path), int(base)) if base.isdigit() else (path, None)
+  parent, step = (path.parent, int(path.name)) if path.name.isdigit() else (path, None)
   ckpt = Checkpoints(parent, async_save=False)
   try:
     out = ckpt.restore(like, step)
@@ -99,30 +99,26 @@ def restore_from(path: str, like: Any) -> tuple[int, Any, dict]:
   return out
 
 
-def save_params(directory: str, params: Any, info: dict, marker: str = 'DONE.json') -> None:
+def save_params(directory: storage.PathLike, params: Any, info: dict, marker: str = 'DONE.json') -> None:
   """A finished model: parameters (Orbax, from any mesh) and `info` as JSON in `marker`, written
   last, so a directory with the marker holds a complete model."""
-  directory = os.path.abspath(directory)
+  directory = storage.path(directory)
   ckpt = ocp.StandardCheckpointer()
-  ckpt.save(os.path.join(directory, 'params'), nnx.to_pure_dict(params), force=True)
+  ckpt.save(directory / 'params', nnx.to_pure_dict(params), force=True)
   ckpt.wait_until_finished()
-  if jax.process_index() == 0:
-    write_json(os.path.join(directory, marker), info)
+  storage.write_json(directory / marker, info)
 
 
-def read_marker(directory: str, marker: str = 'DONE.json') -> dict | None:
+def read_marker(directory: storage.PathLike, marker: str = 'DONE.json') -> dict | None:
   """The info of a finished directory (see `save_params`), None when it is not finished."""
-  path = os.path.join(directory, marker)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  path = storage.path(directory) / marker
+  return storage.read_json(path) if path.exists() else None
 
 
-def restore_params(directory: str, model: Any, mesh: jax.sharding.Mesh, marker: str = 'DONE.json',
+def restore_params(directory: storage.PathLike, model: Any, mesh: jax.sharding.Mesh, marker: str = 'DONE.json',
                    what: str = 'model') -> tuple[Any, dict]:
   """(parameters placed with the model's shardings on `mesh`, info) from `save_params`."""
-  directory = os.path.abspath(directory)
+  directory = storage.path(directory)
   info = read_marker(directory, marker)
   if info is None:
     raise FileNotFoundError(f'No complete {what} in {directory} (missing {marker}); run the stage '
@@ -132,7 +128,7 @@ def restore_params(directory: str, model: Any, mesh: jax.sharding.Mesh, marker: 
   target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
                         nnx.to_pure_dict(params), nnx.to_pure_dict(sh))
   ckpt = ocp.StandardCheckpointer()
-  path = os.path.join(directory, 'params')
+  path = directory / 'params'
   saved = set(ckpt.metadata(path).item_metadata.tree)
   # a top-level entry the checkpoint lacks (a policy saved without the scalar head, restored into a
   # model that has one) keeps the model's own values; any other mismatch is Orbax's error
@@ -140,10 +136,3 @@ def restore_params(directory: str, model: Any, mesh: jax.sharding.Mesh, marker: 
   nnx.replace_by_pure_dict(params, ckpt.restore(path, target))
   return params, info
 
-
-def write_json(path: str, obj: Any) -> None:
-  """Atomically (write, then rename)."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)

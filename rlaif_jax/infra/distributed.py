@@ -14,8 +14,11 @@ On CPU, cross-process collectives use gloo.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 MODES = ('auto', 'always', 'never')
 
@@ -42,3 +45,38 @@ def initialize(mode: str = 'auto') -> bool:
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(**kwargs)
   return True
+
+
+# ---------------------------------------------------------------------------- host side of a run
+# Every process runs the same program on the same host data (prompts, keys, order); these are the
+# points where it meets the other processes. Each is collective: every process calls it, in the same
+# order.
+
+def is_writer() -> bool:
+  """Process 0 writes the run's files (see infra.storage); the others read them after a barrier."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Wait until every process reaches the barrier `name` (nothing to wait for with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def to_host(tree: Any) -> Any:
+  """NumPy copies of a pytree's arrays; an array sharded over other processes' devices is gathered
+  first (`process_allgather`), so every process gets the whole value."""
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+  return jax.tree.map(one, tree)
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process when `flag` is True on any of them (e.g. a SIGTERM that reached one host)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))

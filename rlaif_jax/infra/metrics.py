@@ -11,39 +11,37 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
-import jax
+from rlaif_jax.infra import distributed, storage
 
 FILE = 'metrics.jsonl'
 
 
-def read(workdir: str, stage: str | None = None) -> list[dict]:
-  path = os.path.join(workdir, FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
+def read(workdir: storage.PathLike, stage: str | None = None) -> list[dict]:
+  path = storage.path(workdir) / FILE
+  rows = storage.read_jsonl(path) if path.exists() else []
   return [r for r in rows if stage is None or r['stage'] == stage]
 
 
 class Writer:
-  """Appends one stage's metrics; `resume_step` drops that stage's rows after it first."""
+  """Appends one stage's metrics; `resume_step` drops that stage's rows after it first. Collective
+  to open and close (every process calls them); only process 0 writes. In a bucket, where objects
+  cannot be appended to, the file is rewritten at each row (it is small)."""
 
-  def __init__(self, workdir: str, stage: str, resume_step: int | None = None):
-    self.stage, self.path = stage, os.path.join(workdir, FILE)
-    self.active = jax.process_index() == 0
+  def __init__(self, workdir: storage.PathLike, stage: str, resume_step: int | None = None):
+    workdir = storage.path(workdir)
+    self.stage, self.path = stage, workdir / FILE
+    self.active = distributed.is_writer()
     self.tb = None
+    self.rows = read(workdir) if storage.is_url(workdir) else None
+    if resume_step is not None and self.path.exists():
+      keep = [r for r in read(workdir) if r['stage'] != stage or r['step'] <= resume_step]
+      storage.write_jsonl(self.path, keep)
+      self.rows = keep if self.rows is not None else None
     if not self.active:
       return
-    if resume_step is not None and os.path.exists(self.path):
-      keep = [r for r in read(workdir) if r['stage'] != stage or r['step'] <= resume_step]
-      tmp = self.path + '.tmp'
-      with open(tmp, 'w') as f:
-        f.writelines(json.dumps(r) + '\n' for r in keep)
-      os.replace(tmp, self.path)
     from tensorboardX import SummaryWriter  # pure Python event files, no TensorFlow
-    self.tb = SummaryWriter(os.path.join(workdir, 'tensorboard', stage),
+    self.tb = SummaryWriter(str(workdir / 'tensorboard' / stage),
                             purge_step=None if resume_step is None else resume_step + 1)
 
   def write(self, step: int, metrics: dict) -> None:
@@ -51,8 +49,12 @@ class Writer:
       return
     row = {'stage': self.stage, 'step': int(step)}
     row.update({k: _plain(v) for k, v in metrics.items()})
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(row) + '\n')
+    if self.rows is None:
+      with self.path.open('a') as f:
+        f.write(json.dumps(row) + '\n')
+    else:
+      self.rows.append(row)
+      self.path.write_text(''.join(json.dumps(r) + '\n' for r in self.rows))
     for k, v in row.items():
       if isinstance(v, float) and k != 'step':
         self.tb.add_scalar(f'{self.stage}/{k}', v, step)
@@ -60,6 +62,7 @@ class Writer:
   def close(self) -> None:
     if self.tb is not None:
       self.tb.close()
+    distributed.barrier(f'metrics {self.stage}')  # rows written are there for every reader
 
 
 def _plain(v):

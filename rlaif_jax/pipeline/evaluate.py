@@ -5,8 +5,6 @@ eval/samples.jsonl, eval/report.md and eval/*.png."""
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import jax
@@ -15,7 +13,7 @@ import numpy as np
 from rlaif_jax.data import human_pairs
 from rlaif_jax.feedback import alignment
 from rlaif_jax.generation import text as text_lib
-from rlaif_jax.infra import checkpoints
+from rlaif_jax.infra import storage
 from rlaif_jax.pipeline import report, training_loop
 from rlaif_jax.pipeline.context import RunContext
 
@@ -40,11 +38,10 @@ def responses_of_both(ctx: RunContext, prompts: list[str]) -> dict[str, list[str
   return responses
 
 
-def write_samples(path: str, prompts, responses, p_policy_better) -> None:
-  with open(path, 'w') as f:
-    for p, a, b, q in zip(prompts, responses['policy'], responses['reference'], p_policy_better):
-      f.write(json.dumps({'prompt': p, 'policy': a, 'reference': b, 'p_policy_better': float(q)})
-              + '\n')
+def write_samples(path: storage.PathLike, prompts, responses, p_policy_better) -> None:
+  storage.write_jsonl(path, ({'prompt': p, 'policy': a, 'reference': b, 'p_policy_better': float(q)}
+                             for p, a, b, q in zip(prompts, responses['policy'],
+                                                   responses['reference'], p_policy_better)))
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
@@ -54,8 +51,8 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   prompts = held_out_prompts(ctx)
   responses = responses_of_both(ctx, prompts)
   judge = ctx.judge()
-  out = {'prompts': len(prompts), 'policy_from': ctx.policy_dir() or ctx.config.model.source,
-         'reference_from': ctx.policy_dir(reference=True) or ctx.config.model.source}
+  out = {'prompts': len(prompts), 'policy_from': str(ctx.policy_dir() or ctx.config.model.source),
+         'reference_from': str(ctx.policy_dir(reference=True) or ctx.config.model.source)}
   pref = judge.pairwise(prompts, responses['policy'], responses['reference'])
   out.update(report.win_rate(pref.p_a_better, pref.consistent))
   harmless = ctx.judge(task='harmless')
@@ -65,10 +62,9 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   if c.human_pairs:
     pairs = human_pairs.read_human_pairs(c.human_pairs, limit=c.human_pairs_limit or None)
     out['judge_human_alignment'] = alignment.alignment(judge, pairs, progress=False)
-  os.makedirs(ctx.path('eval'), exist_ok=True)
   write_samples(ctx.path('eval', 'samples.jsonl'), prompts, responses, pref.p_a_better)
   report.write(ctx.workdir, out)
-  checkpoints.write_json(ctx.path('eval', 'eval.json'), out)
+  storage.write_json(ctx.path('eval', 'eval.json'), out)
   print(f'[eval] win rate vs reference {out["win_rate"]:.3f} (95% CI {out["win_rate_ci95"][0]:.3f}-'
         f'{out["win_rate_ci95"][1]:.3f}) on {len(prompts)} held-out prompts; report in '
         f'{ctx.path("eval", "report.md")}', flush=True)

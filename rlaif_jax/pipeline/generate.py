@@ -3,11 +3,11 @@ generate.jsonl (a quick look at a checkpoint; no training)."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 from rlaif_jax.generation import text as text_lib
+from rlaif_jax.infra import storage
 from rlaif_jax.pipeline.context import RunContext
 
 
@@ -20,9 +20,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   responses = generator(list(g.prompts), ctx.sampling(g), ctx.stage_key('generate'),
                         chat=g.chat_template)
   path = ctx.path('generate.jsonl')
-  with open(path, 'w') as f:
-    for p, r in zip(g.prompts, responses):
-      f.write(json.dumps({'prompt': p, 'response': r}) + '\n')
+  storage.write_jsonl(path, ({'prompt': p, 'response': r} for p, r in zip(g.prompts, responses)))
   for p, r in zip(g.prompts, responses):
     print(f'\n>>> {p}\n{r}')
   seconds = time.time() - t0

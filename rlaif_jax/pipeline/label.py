@@ -10,9 +10,6 @@ is written last.
 
 from __future__ import annotations
 
-import glob
-import json
-import os
 import time
 from typing import Any, Sequence
 
@@ -23,7 +20,7 @@ from rlaif_jax.feedback import labeling
 from rlaif_jax.feedback.judge import Judge
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.generation.sampler import SamplingConfig
-from rlaif_jax.infra import checkpoints, metrics
+from rlaif_jax.infra import metrics, storage
 from rlaif_jax.infra.progress import Progress
 from rlaif_jax.pipeline import training_loop
 from rlaif_jax.pipeline.context import DONE, RunContext
@@ -31,57 +28,47 @@ from rlaif_jax.pipeline.context import DONE, RunContext
 CHUNKS = 'label_chunks'
 
 
-def label_prompts(judge: Judge, prompts: Sequence[str], folder: str, key: jax.Array, *,
+def label_prompts(judge: Judge, prompts: Sequence[str], folder: storage.PathLike, key: jax.Array, *,
                   pairs: Sequence[tuple[str, str]] | None = None,
                   policy: text_lib.TextGenerator | None = None,
                   response_settings: SamplingConfig | None = None, batch_size: int = 8,
                   constitution: Sequence[str] | None = None, seed: int = 0,
-                  cot: SamplingConfig | None = None, progress: bool = True) -> str:
+                  cot: SamplingConfig | None = None, progress: bool = True) -> storage.epath.Path:
   """Label every prompt into `folder`/label_chunks; returns that directory. pairs: given
   (response_a, response_b) per prompt; otherwise `policy` samples two responses per prompt with
-  `response_settings`."""
+  `response_settings`. Collective with several processes: all compute every batch, process 0 writes."""
   if pairs is None and policy is None:
     raise ValueError('Labeling needs either given response pairs or a policy to sample them from.')
   if pairs is not None and len(pairs) != len(prompts):
     raise ValueError(f'{len(prompts)} prompts but {len(pairs)} response pairs.')
   if not prompts:
     raise ValueError('No prompts to label; check the prompt dataset.')
-  chunks = os.path.join(folder, CHUNKS)
-  os.makedirs(chunks, exist_ok=True)
+  chunks = storage.makedirs(storage.path(folder) / CHUNKS)
   settings = response_settings or SamplingConfig(64, temperature=1.0)
   bar = Progress('label', len(prompts), unit='pair')
   for b in range(-(-len(prompts) // batch_size)):
-    path = os.path.join(chunks, f'{b:06d}.jsonl')
+    path = chunks / f'{b:06d}.jsonl'
     lo, hi = b * batch_size, min((b + 1) * batch_size, len(prompts))
-    if not os.path.exists(path):
+    if not path.exists():
       sample_key, cot_key = jax.random.split(jax.random.fold_in(key, b))
       batch = list(prompts[lo:hi])
       if pairs is not None:
         a, r_b = [p[0] for p in pairs[lo:hi]], [p[1] for p in pairs[lo:hi]]
       else:
         a, r_b = labeling.response_pairs(policy, batch, settings, sample_key)
-      _write_rows(path, labeling.label_batch(judge, batch, a, r_b, lo, cot_key,
+      storage.write_jsonl(path, labeling.label_batch(judge, batch, a, r_b, lo, cot_key,
                                              constitution=constitution, seed=seed, cot=cot))
     if progress:
       bar.update(hi)
   return chunks
 
 
-def read_labels(chunks: str) -> list[dict]:
+def read_labels(chunks: storage.PathLike) -> list[dict]:
   """Every preference row of a label_chunks directory, in prompt order."""
   rows = []
-  for path in sorted(glob.glob(os.path.join(chunks, '*.jsonl'))):
-    with open(path, encoding='utf-8') as f:
-      rows.extend(json.loads(line) for line in f if line.strip())
+  for path in sorted(storage.path(chunks).glob('*.jsonl')):
+    rows.extend(storage.read_jsonl(path))
   return sorted(rows, key=lambda r: r['index'])
-
-
-def _write_rows(path: str, rows: list[dict]) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    for row in rows:
-      f.write(json.dumps(row) + '\n')
-  os.replace(tmp, path)
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
@@ -99,12 +86,12 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
                          constitution=ctx.constitution(), seed=ctx.config.seed)
   rows = read_labels(chunks)
   live = [r for r in rows if not r['skipped']]
-  info = {'labels': chunks, 'pairs': len(rows), 'skipped': len(rows) - len(live),
+  info = {'labels': str(chunks), 'pairs': len(rows), 'skipped': len(rows) - len(live),
           'position_consistency': float(np.mean([r['consistent'] for r in live])) if live else 0.0,
           'mean_confidence': float(np.mean([abs(r['p_a_better'] - 0.5) * 2 for r in live]))
           if live else 0.0, 'seconds': time.time() - t0}
   writer = metrics.Writer(ctx.workdir, 'label')
   writer.write(len(rows), info)
   writer.close()
-  checkpoints.write_json(ctx.path('label', DONE), info)
+  storage.write_json(ctx.path('label', DONE), info)
   return info

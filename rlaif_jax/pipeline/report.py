@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import os
+import io
 from typing import Any
 
 import numpy as np
 
-from rlaif_jax.infra import metrics
+from rlaif_jax.infra import metrics, storage
 
 
 def win_rate(p_policy_better: np.ndarray, consistent: np.ndarray, resamples: int = 2000,
@@ -27,8 +27,10 @@ def win_rate(p_policy_better: np.ndarray, consistent: np.ndarray, resamples: int
           'judge_position_consistency': float(np.mean(consistent))}
 
 
-def plot(rows: list[dict], keys: tuple[str, ...], title: str, path: str) -> str | None:
-  """One panel per metric against the step; None when there is nothing to plot."""
+def plot(rows: list[dict], keys: tuple[str, ...], title: str, path: storage.epath.Path
+         ) -> storage.epath.Path | None:
+  """One panel per metric against the step, as a PNG at `path` (collective); None when there is
+  nothing to plot."""
   keys = tuple(k for k in keys if any(isinstance(r.get(k), float) for r in rows))
   if not keys:
     return None
@@ -43,22 +45,18 @@ def plot(rows: list[dict], keys: tuple[str, ...], title: str, path: str) -> str 
     ax.set_xlabel('step')
     ax.grid(alpha=0.3)
   fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
-def write(workdir: str, results: dict[str, Any]) -> str:
+def write(workdir: storage.PathLike, results: dict[str, Any]) -> storage.epath.Path:
   """eval/report.md with the results, the RL and reward-model curves and a win-rate chart."""
-  out = os.path.join(workdir, 'eval')
-  os.makedirs(out, exist_ok=True)
+  out = storage.path(workdir) / 'eval'
   figures = [
       plot(metrics.read(workdir, 'rl'), ('reward', 'kl', 'entropy'), 'RL: reward (normalised), '
-           'KL to the reference, entropy', os.path.join(out, 'rl_reward_kl.png')),
+           'KL to the reference, entropy', out / 'rl_reward_kl.png'),
       plot(metrics.read(workdir, 'reward_model'), ('loss', 'accuracy'), 'Reward model training',
-           os.path.join(out, 'reward_model.png')),
-      _win_chart(results, os.path.join(out, 'win_rate.png')),
+           out / 'reward_model.png'),
+      _win_chart(results, out / 'win_rate.png'),
   ]
   lines = ['# Evaluation', '', f'Held-out prompts: {results["prompts"]}; policy from '
            f'`{results["policy_from"]}`, reference from `{results["reference_from"]}`.', '',
@@ -76,14 +74,13 @@ def write(workdir: str, results: dict[str, Any]) -> str:
     a = results['judge_human_alignment']
     lines.append(f'| judge-human agreement | {a["agreement"]:.3f} on {a["pairs"]} pairs |')
   lines.append('')
-  lines += [f'![{os.path.basename(f)}]({os.path.basename(f)})' for f in figures if f]
-  path = os.path.join(out, 'report.md')
-  with open(path, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
+  lines += [f'![{f.name}]({f.name})' for f in figures if f]
+  path = out / 'report.md'
+  storage.write_text(path, '\n'.join(lines) + '\n')
   return path
 
 
-def _win_chart(results: dict[str, Any], path: str) -> str:
+def _win_chart(results: dict[str, Any], path: storage.epath.Path) -> storage.epath.Path:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
@@ -94,13 +91,20 @@ def _win_chart(results: dict[str, Any], path: str) -> str:
   ax.axhline(0.5, color='grey', linestyle='--', linewidth=1)
   ax.set_ylim(0, 1)
   ax.set_ylabel('win rate (95% CI)')
+  return _save(fig, path)
+
+
+def _save(fig, path: storage.epath.Path) -> storage.epath.Path:
+  import matplotlib.pyplot as plt
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  png = io.BytesIO()
+  fig.savefig(png, dpi=100, format='png')
   plt.close(fig)
+  storage.write_bytes(path, png.getvalue())
   return path
 
 
-def summary_table(workdir: str, summaries: dict[str, dict], seconds: dict[str, float]) -> str:
+def summary_table(workdir: storage.PathLike, summaries: dict[str, dict], seconds: dict[str, float]) -> str:
   """The run at a glance: one row per stage with its headline numbers and wall time."""
   rows = []
   for stage, info in summaries.items():
@@ -109,9 +113,9 @@ def summary_table(workdir: str, summaries: dict[str, dict], seconds: dict[str, f
   lines = [f'{"stage":<13}{"result":<{width + 2}}wall time', '-' * (width + 26)]
   lines += [f'{s:<13}{h:<{width + 2}}{t}' for s, h, t in rows]
   lines.append(f'{"total":<13}{"":<{width + 2}}{sum(seconds.values()):.0f} s')
-  report = os.path.join(workdir, 'eval', 'report.md')
-  if os.path.exists(report):
-    lines.append(f'report and plots (reward and KL: rl_reward_kl.png): {os.path.dirname(report)}')
+  report = storage.path(workdir) / 'eval' / 'report.md'
+  if report.exists():
+    lines.append(f'report and plots (reward and KL: rl_reward_kl.png): {report.parent}')
   return '\n'.join(lines)
 
 

@@ -5,14 +5,13 @@ Leaves reward_model/model (reward_stats.json last); reward_model/checkpoints whi
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import numpy as np
 
 from rlaif_jax.generation import text as text_lib
-from rlaif_jax.infra import checkpoints
+from rlaif_jax.infra import checkpoints, distributed
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.pipeline import label, training_loop
@@ -79,7 +78,7 @@ def held_out_report(ctx: RunContext, model, reward, params, batch, eval_rows, ba
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
-  info = training_loop.complete(ctx, 'reward_model', os.path.join('model', STATS_FILE))
+  info = training_loop.complete(ctx, 'reward_model', f'model/{STATS_FILE}')
   if info is not None:
     return info
   c = ctx.config.reward_model
@@ -92,7 +91,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
                             c.steps, ctx.config.seed)
   reward = rm.make_reward_fn(model)
   report = held_out_report(ctx, model, reward, state.params, batch, eval_rows, c.batch_size)
-  train_rewards = [np.asarray(reward(state.params, b.tokens_a, b.valid_a))
+  train_rewards = [distributed.to_host(reward(state.params, b.tokens_a, b.valid_a))
                    for b in (batch(train_rows[i:i + c.batch_size])
                              for i in range(0, len(train_rows) - c.batch_size + 1, c.batch_size))]
   stats = rm.reward_stats(np.concatenate(train_rewards))

@@ -16,7 +16,7 @@ from flax import nnx
 
 from rlaif_jax.data import prompts as prompts_lib
 from rlaif_jax.generation import text as text_lib
-from rlaif_jax.infra import checkpoints, metrics
+from rlaif_jax.infra import checkpoints, metrics, storage
 from rlaif_jax.infra.progress import Progress
 from rlaif_jax.pipeline import reward_model, training_loop
 from rlaif_jax.pipeline.context import DONE, RunContext
@@ -62,7 +62,7 @@ def train(ctx: RunContext, cfg: RLConfig, iteration: rl_loop.RLLoop, tokenizer, 
   key = ctx.stage_key('rl')
   train_prompts, _ = ctx.prompts()
   batches = prompts_lib.batches(train_prompts, c.batch_size, ctx.config.seed)
-  like = {'train': iteration.init(), 'key': jax.random.key_data(key)}
+  like = {'train': iteration.init(), 'key': np.asarray(jax.random.key_data(key))}  # host: replicated
   ckpt, start, tree, meta = training_loop.resume(ctx, 'rl', like, batches)
   state, key = tree['train'], jax.random.wrap_key_data(tree['key'])
   kl_coef = meta.get('kl_coef', cfg.kl_coef)
@@ -78,7 +78,7 @@ def train(ctx: RunContext, cfg: RLConfig, iteration: rl_loop.RLLoop, tokenizer, 
       writer.write(i + 1, m)
       progress.update(i + 1, {k: m[k] for k in ('reward', 'kl', 'entropy')})
       meta = {'kl_coef': kl_coef, 'data': batches.get_state()}
-      tree = {'train': state, 'key': jax.random.key_data(key)}
+      tree = {'train': state, 'key': np.asarray(jax.random.key_data(key))}
       ckpt.save(i + 1, tree, meta, force=i + 1 == c.iterations)
       if ctx.terminate:
         training_loop.save_and_exit(ckpt, i + 1, tree, meta, 'rl')
@@ -103,5 +103,5 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   info = {'iterations': ctx.config.rl.iterations, 'kl_coef': kl_coef,
           **{k: float(np.mean([r[k] for r in last])) for k in ('reward', 'kl', 'reward_raw')}}
   checkpoints.save_params(ctx.path('rl', 'policy'), training_loop.policy_params(policy), info)
-  checkpoints.write_json(ctx.path('rl', DONE), info)
+  storage.write_json(ctx.path('rl', DONE), info)
   return info

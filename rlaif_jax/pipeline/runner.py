@@ -20,7 +20,6 @@ lines with rate and ETA.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from typing import Any, Callable
@@ -28,7 +27,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
-from rlaif_jax.infra import checkpoints
+from rlaif_jax.infra import checkpoints, storage
 from rlaif_jax.pipeline import evaluate, export, generate, label, report, reward_model, rl, sft
 from rlaif_jax.pipeline.context import STAGE_ORDER, RunContext
 
@@ -53,7 +52,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dic
   """Run config.stages in order; returns each stage's summary. SIGTERM makes the running stage save
   a checkpoint and exit (status 143); the same command resumes."""
   check_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   ctx = RunContext(config, workdir)
 
   def on_sigterm(signum, frame):
@@ -75,8 +74,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dic
         print(f'[{stage}] done in {seconds[stage]:.0f}s', flush=True)
   finally:
     signal.signal(signal.SIGTERM, previous)
-  checkpoints.write_json(os.path.join(workdir, 'summary.json'),
-                         {'stages': summaries, 'seconds': seconds})
+  storage.write_json(ctx.path('summary.json'), {'stages': summaries, 'seconds': seconds})
   if jax.process_index() == 0:
     print('\n' + report.summary_table(ctx.workdir, summaries, seconds), flush=True)
   return summaries

@@ -4,16 +4,14 @@ sft/revisions.jsonl). Leaves sft/policy (DONE.json last); sft/checkpoints while 
 
 from __future__ import annotations
 
-import json
-import os
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 from flax import nnx
 
 from rlaif_jax.feedback import constitution
 from rlaif_jax.generation import text as text_lib
-from rlaif_jax.infra import checkpoints
+from rlaif_jax.infra import checkpoints, storage
 from rlaif_jax.pipeline import training_loop
 from rlaif_jax.pipeline.context import DONE, RunContext
 from rlaif_jax.training import sft, state as state_lib
@@ -28,7 +26,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   if c.data == 'revisions':
     prompts, responses = revisions(ctx, model, tokenizer, train_prompts[:c.num_examples])
   else:
-    rows = [json.loads(line) for line in open(c.data, encoding='utf-8') if line.strip()]
+    rows = storage.read_jsonl(c.data)
     prompts = [r[c.prompt_field] for r in rows]
     responses = [r[c.response_field] for r in rows]
   batch = lambda idx: sft.encode(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx],
@@ -40,15 +38,14 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   nnx.update(model, state.params)
   info = {'examples': len(prompts), 'steps': c.steps}
   checkpoints.save_params(ctx.path('sft', 'policy'), training_loop.policy_params(model), info)
-  checkpoints.write_json(ctx.path('sft', DONE), info)
+  storage.write_json(ctx.path('sft', DONE), info)
   return info
 
 
 def revisions(ctx: RunContext, model, tokenizer, prompts: list[str]) -> tuple[list[str], list[str]]:
   """Constitutional revisions of the policy's own responses (written once to sft/revisions.jsonl)."""
   path = ctx.path('sft', 'revisions.jsonl')
-  if not os.path.exists(path):
-    os.makedirs(ctx.path('sft'), exist_ok=True)
+  if not path.exists():
     principles = ctx.constitution()
     if not principles:
       raise ValueError("sft.data='revisions' needs a constitution: set judge.constitution.")
@@ -59,15 +56,7 @@ def revisions(ctx: RunContext, model, tokenizer, prompts: list[str]) -> tuple[li
     records = constitution.critique_and_revise(
         generator, prompts, responses,
         constitution.sample_principles(principles, len(prompts), ctx.config.seed), k_rev, settings)
-    write_revisions(records, path)
-  rows = [json.loads(line) for line in open(path, encoding='utf-8')]
+    storage.write_jsonl(path, records)  # (prompt, revision) pairs with the full trail
+  rows = storage.read_jsonl(path)
   return [r['prompt'] for r in rows], [r['revision'] for r in rows]
 
-
-def write_revisions(records: Sequence[dict], path: str) -> None:
-  """(prompt, revision) pairs as JSONL for the fine-tuning stage (with the full trail), atomically."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    for r in records:
-      f.write(json.dumps(r) + '\n')
-  os.replace(tmp, path)

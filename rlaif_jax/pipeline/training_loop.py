@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import jax
 from flax import nnx
 
 from rlaif_jax.data import prompts as prompts_lib
-from rlaif_jax.infra import checkpoints, metrics
+from rlaif_jax.infra import checkpoints, distributed, metrics
 from rlaif_jax.infra.progress import Progress
 from rlaif_jax.pipeline.context import DONE, RunContext
 from rlaif_jax.training.state import TrainState
@@ -88,7 +87,7 @@ def fit(ctx: RunContext, stage: str, step: Callable, state: TrainState, items: l
   try:
     for i in range(start, steps):
       state, m = step(state, to_batch(next(batches)))
-      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      m = {k: float(v) for k, v in distributed.to_host(m).items()}
       guard.check(i + 1, m['skipped'])
       writer.write(i + 1, m)
       progress.update(i + 1, {'loss': m.get('loss', float('nan'))})

@@ -15,12 +15,12 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from rlaif_jax.generation import sampler, scoring
 from rlaif_jax.generation.text import PromptBatch
+from rlaif_jax.infra import distributed
 from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.rl import kl_control
 from rlaif_jax.rl import update as update_lib
@@ -66,17 +66,17 @@ class RLLoop:
     # The sampler's log-probs are the policy's (same temperature): no scoring pass for them. PPO's
     # old values are left to the update, which takes them from its first forward pass when it can.
     rewards = self.reward_source(Responses(texts, tokens, valid, out.tokens, out.mask))
-    ended = stopped(out.tokens, out.mask, self.sampling_cfg.stop_tokens)
+    ended = stopped(*distributed.to_host((out.tokens, out.mask)), self.sampling_cfg.stop_tokens)
     scores = rewards.normalized
     if cfg.missing_eos_penalty:
       scores = apply_missing_stop_penalty(scores, ended, cfg.missing_eos_penalty)
     rollout = Rollout(tokens, valid, out.tokens, out.mask, out.log_probs, ref, None,
-                      jnp.asarray(scores, jnp.float32))
+                      np.asarray(scores, np.float32))
     rollout = jax.block_until_ready(rollout)
     t2 = time.perf_counter()
 
     state, metrics = self.update(state, rollout, kl_coef, k_update)
-    metrics = {name: float(v) for name, v in jax.device_get(metrics).items()}
+    metrics = {name: float(v) for name, v in distributed.to_host(metrics).items()}
     t3 = time.perf_counter()
 
     total = t3 - t0

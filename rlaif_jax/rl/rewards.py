@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlaif_jax.generation import scoring
+from rlaif_jax.infra import distributed
 from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.rl.config import RLConfig
 from rlaif_jax.training import reward_model as rm
@@ -47,7 +48,7 @@ def reward_model_rewards(rm_model: model_lib.Transformer, rm_params: Any, mesh: 
           m, jnp.concatenate([prompt, response], 1), jnp.concatenate([prompt_valid, mask], 1)))
 
   def source(x: Responses) -> Rewards:
-    raw = np.asarray(reward(rm_params, x.prompt, x.prompt_valid, x.response, x.mask))
+    raw = distributed.to_host(reward(rm_params, x.prompt, x.prompt_valid, x.response, x.mask))
     return Rewards(raw, stats.normalize(raw).astype(np.float32))
 
   source.jitted = reward.jitted
@@ -62,7 +63,7 @@ def judge_rewards(judge: Any, tokenizer: Any) -> RewardSource:
     if x.prompt_texts is None:
       raise ValueError('Judge rewards (rl.reward=judge) need the prompt texts; pass '
                        'PromptBatch(texts=...).')
-    response, mask = np.asarray(x.response), np.asarray(x.mask)
+    response, mask = distributed.to_host((x.response, x.mask))
     texts = [tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(response, mask)]
     rewards, _ = judge.direct_reward(list(x.prompt_texts), texts)
     rewards = np.asarray(rewards, np.float32)

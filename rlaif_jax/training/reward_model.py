@@ -17,6 +17,7 @@ import optax
 from flax import nnx
 
 from rlaif_jax.models import transformer as model_lib
+from rlaif_jax.infra import distributed
 from rlaif_jax.training import step as step_lib
 
 
@@ -102,8 +103,8 @@ def evaluate(reward_fn, params: Any, batches: Iterable[PairBatch],
   human_hits, human_n = 0, 0
   human = list(human_a_better) if human_a_better is not None else None
   for i, b in enumerate(batches):
-    ra = np.asarray(reward_fn(params, b.tokens_a, b.valid_a))
-    rb = np.asarray(reward_fn(params, b.tokens_b, b.valid_b))
+    ra = distributed.to_host(reward_fn(params, b.tokens_a, b.valid_a))
+    rb = distributed.to_host(reward_fn(params, b.tokens_b, b.valid_b))
     rewards.extend([ra, rb])
     p = np.asarray(b.p_a)
     decided = p != 0.5

@@ -12,6 +12,7 @@ import json
 import os
 
 import tensorflow_datasets as tfds
+from etils import epath
 
 
 class RlaifPrompts(tfds.core.GeneratorBasedBuilder):
@@ -32,16 +33,15 @@ class RlaifPrompts(tfds.core.GeneratorBasedBuilder):
     return {'train': self._generate_examples()}
 
   def _generate_examples(self):
-    with open(self._jsonl_path, encoding='utf-8') as f:
-      rows = [json.loads(line) for line in f if line.strip()]
+    text = epath.Path(self._jsonl_path).read_text(encoding='utf-8')
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     for i, row in enumerate(rows):
       yield i, {'prompt': row[self._field]}
 
 
 def build(jsonl_path: str, field: str, data_dir: str) -> str:
   """Convert (once per file content and field) and return the dataset directory."""
-  with open(jsonl_path, 'rb') as f:
-    digest = hashlib.sha256(f.read() + field.encode()).hexdigest()[:16]
+  digest = hashlib.sha256(epath.Path(jsonl_path).read_bytes() + field.encode()).hexdigest()[:16]
   builder = RlaifPrompts(jsonl_path=jsonl_path, field=field,
                          data_dir=os.path.join(data_dir, digest), file_format='array_record')
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
