@@ -6,6 +6,11 @@
 #     bash launch/tpu_pod.sh --config=configs/tldr_summarization.py --workdir=gs://bucket/run1
 # Needs the gcloud CLI, authenticated, on the machine you run this from. The workdir must be shared
 # by all workers (a gs:// bucket or a mounted filesystem) for checkpoints to resume.
+# Preemption and maintenance: a spot/preemptible TPU VM gets SIGTERM (about 30 s of notice) on the
+# workers being taken; a maintenance event can be turned into the same signal with the VM's
+# shutdown script or by watching the metadata server's maintenance-event key. Whichever worker
+# receives it, every process learns at the next step (an all-gather of the flag), all save that same
+# step and exit 143; run this script again to resume from the bucket.
 set -eu
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}" "${REPO_URL:?set REPO_URL (git URL of this repo)}"
 DIR="${REPO_DIR:-rlaif_jax}"

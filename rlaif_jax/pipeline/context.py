@@ -18,7 +18,7 @@ from rlaif_jax.data import constitution_files, prompts as prompts_lib
 from rlaif_jax.feedback.judge import Judge
 from rlaif_jax.feedback.requests import JudgeConfig
 from rlaif_jax.generation.sampler import SamplingConfig
-from rlaif_jax.infra import checkpoints, storage
+from rlaif_jax.infra import checkpoints, distributed, storage
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import loading
 
@@ -42,6 +42,11 @@ class RunContext:
 
   def path(self, *parts: str) -> epath.Path:
     return self.workdir.joinpath(*parts)
+
+  def preempted(self) -> bool:
+    """Has SIGTERM reached any process? Collective (every process asks after the same step), so all
+    processes save the same step and stop together."""
+    return distributed.any_process(self.terminate)
 
   def stage_key(self, stage: str) -> jax.Array:
     return jax.random.fold_in(self.key, STAGE_ORDER.index(stage))

@@ -80,7 +80,7 @@ def train(ctx: RunContext, cfg: RLConfig, iteration: rl_loop.RLLoop, tokenizer, 
       meta = {'kl_coef': kl_coef, 'data': batches.get_state()}
       tree = {'train': state, 'key': np.asarray(jax.random.key_data(key))}
       ckpt.save(i + 1, tree, meta, force=i + 1 == c.iterations)
-      if ctx.terminate:
+      if ctx.preempted():
         training_loop.save_and_exit(ckpt, i + 1, tree, meta, 'rl')
   finally:
     writer.close()

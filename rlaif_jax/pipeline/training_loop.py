@@ -92,7 +92,7 @@ def fit(ctx: RunContext, stage: str, step: Callable, state: TrainState, items: l
       writer.write(i + 1, m)
       progress.update(i + 1, {'loss': m.get('loss', float('nan'))})
       ckpt.save(i + 1, state, {'data': batches.get_state()}, force=i + 1 == steps)
-      if ctx.terminate:
+      if ctx.preempted():
         save_and_exit(ckpt, i + 1, state, {'data': batches.get_state()}, stage)
   finally:
     writer.close()
