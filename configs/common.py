@@ -35,8 +35,12 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.source = model_source  # 'smollm2' (embedded), a .gguf file, or a Hugging Face folder
-  c.model.param_dtype = 'float32'  # float32 | bfloat16: how parameters are stored
+  # Mixed precision: trained models (policy, reward and value models) keep float32 master parameters
+  # and optimizer state and compute in `dtype`; frozen ones (the reference policy, the reward model
+  # during RL) are stored in `frozen_param_dtype` ('' = param_dtype).
+  c.model.param_dtype = 'float32'  # float32 (bfloat16 only for runs that train nothing)
   c.model.dtype = 'float32'  # float32 | bfloat16: matmul/activation dtype
+  c.model.frozen_param_dtype = ''  # '' | float32 | bfloat16
   c.model.remat = 'none'  # none | dots | full: what each block keeps for the backward pass
   # The architecture as Hugging Face config.json fields (vocab_size, hidden_size, ...), for planning
   # without the checkpoint (python -m rlaif_jax.plan); empty = read it from model.source.
@@ -64,6 +68,8 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.judge.max_response_tokens = 256
   c.judge.max_context_tokens = 512
   c.judge.constitution = ''  # a principles file (one per line), e.g. configs/constitutions/harmless.txt
+  c.judge.param_dtype = ''  # how the (frozen) judge is stored; '' = model.frozen_param_dtype
+  c.judge.dtype = ''  # the judge's compute dtype; '' = model.dtype
 
   c.sft = ml_collections.ConfigDict()
   c.sft.data = 'revisions'  # a JSONL of demonstrations, or 'revisions' (constitutional revisions)

@@ -32,8 +32,10 @@ def main(argv):
 
 
 def cli():
-  """The command line: flags parsed, a config or input error reported as one line (exit status 2)."""
-  errors.run_reporting_user_errors(lambda: app.run(main))
+  """The command line: flags parsed; a config or input error is one line (exit status 2), a bug
+  keeps its traceback."""
+  parser = errors.parse_flags(flags.FLAGS)
+  errors.run_reporting_user_errors(lambda: app.run(main, flags_parser=parser))
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,7 +169,18 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_
 
 
 @pytest.mark.parametrize('flag, expected', [
-    ('--config.rl.algorithm=dpo', "Unknown rl.algorithm 'dpo'"),
+    ('--config.rl.algorithm=dqn', "Unknown rl.algorithm 'dqn'"),
+    ('--config.rl.minibatches=3', r'rl.batch_size x rl.samples_per_prompt = 8 rows do not split into '
+                                  r'rl.minibatches=3'),
+    ('--config.judge.constitution=/no/such/principles.txt',
+     r"judge.constitution='/no/such/principles.txt' does not exist"),
+    ('--workdir=/proc/rlaif_jax_run', r'--workdir=/proc/rlaif_jax_run: cannot write there'),
+    ('--config.model.param_dtype=bfloat16', r'model.param_dtype=bfloat16 would keep the trained '
+                                            r'weights.*model.dtype=bfloat16'),
+    ('--config.data.source=tfds:no_such_dataset_here', r"data.source='tfds:no_such_dataset_here' "
+                                                       r'cannot be read here.*JSONL'),
+    ('--config.model.source=TMP/truncated', r'model.safetensors is truncated or not a safetensors '
+                                            r'file.*again'),
     ('--config.checkpoint.restore_from=/no/such/ckpt', 'restore_from.*not an existing checkpoint'),
     ('--config.data.source=/no/such/prompts.jsonl', 'Prompt file /no/such/prompts.jsonl does not exist'),
     ('--config.data.source=TMP/empty.jsonl', 'empty.jsonl has no prompts; add rows like'),
@@ -178,12 +190,35 @@ def test_bad_pipeline_input_is_one_line_error(tmp_path, tiny_hf_folder, flag, ex
   import re
   (tmp_path / 'empty.jsonl').write_text('\n')
   (tmp_path / 'bad.jsonl').write_text('{"prompt": "fine"}\n{"prompt": "unclosed}\n')
+  shutil.copytree(tiny_hf_folder, tmp_path / 'truncated')
+  weights = tmp_path / 'truncated' / 'model.safetensors'
+  weights.write_bytes(weights.read_bytes()[:weights.stat().st_size * 2 // 3])
   flag = flag.replace('TMP', str(tmp_path))
-  r = subprocess.run(_command(tmp_path, tiny_hf_folder, flag), cwd=ROOT, env=_env(),
+  t0 = time.time()
+  r = subprocess.run(_command(tmp_path / 'run', tiny_hf_folder, flag), cwd=ROOT, env=_env(),
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 2, r.stderr[-2000:]
   errors = [line for line in r.stderr.splitlines() if line.startswith('rlaif_jax: error:')]
   assert len(errors) == 1 and re.search(expected, errors[0]), r.stderr[-2000:]
+  assert 'Traceback' not in r.stderr and len(errors[0]) < 400
+  if 'model.source' not in flag:  # the config or the data shows it: no stage starts
+    assert 'starting' not in r.stdout, r.stdout[-2000:]
+  print(f'{flag}: {time.time() - t0:.1f} s')
+
+
+def test_a_bug_in_the_library_keeps_its_traceback(tmp_path):
+  code = ('import sys\n'
+          'from rlaif_jax import main\n'
+          'from rlaif_jax.pipeline import runner\n'
+          'def broken(config, workdir):\n'
+          '  raise ValueError("a bug, not a user error")\n'
+          'runner.run_stages = broken\n'
+          'main.cli()\n')
+  r = subprocess.run([sys.executable, '-c', code, '--config=configs/tiny.py', f'--workdir={tmp_path}'],
+                     cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert 'Traceback' in r.stderr and 'ValueError: a bug, not a user error' in r.stderr
+  assert 'rlaif_jax: error' not in r.stderr
 
 
 @pytest.mark.parametrize('name, arg', [

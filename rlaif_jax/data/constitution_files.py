@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from rlaif_jax.infra import storage
+from rlaif_jax.infra.errors import UserError
+
 def read_constitution(path: str) -> list[str]:
   """Principles from a text file: one per line; blank lines and `#` comments are skipped."""
-  with open(path, encoding='utf-8') as f:
-    principles = [line.strip() for line in f if line.strip() and not line.lstrip().startswith('#')]
+  lines = storage.path(path).read_text(encoding='utf-8').splitlines()
+  principles = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith('#')]
   if not principles:
-    raise ValueError(f'Constitution {path} has no principles (one per line).')
+    raise UserError(f'Constitution {path} has no principles (one per line).')
   return principles

@@ -8,6 +8,8 @@ import gzip
 import json
 from typing import NamedTuple
 
+from rlaif_jax.infra.errors import UserError
+
 
 class HumanPair(NamedTuple):
   context: str
@@ -19,7 +21,7 @@ def split_dialogue(dialogue: str, marker: str = '\n\nAssistant:') -> tuple[str, 
   """HH-RLHF style '...Human: ... Assistant: <response>' -> (context, final response)."""
   i = dialogue.rfind(marker)
   if i < 0:
-    raise ValueError(f'No {marker.strip()!r} turn in the dialogue: {dialogue[:80]!r}...')
+    raise UserError(f'No {marker.strip()!r} turn in the dialogue: {dialogue[:80]!r}...')
   return dialogue[:i].strip(), dialogue[i + len(marker):].strip()
 
 
@@ -41,10 +43,10 @@ def read_human_pairs(path: str, limit: int | None = None) -> list[HumanPair]:
           _, rejected = split_dialogue(row['rejected'])
           pairs.append(HumanPair(ctx, chosen, rejected))
       except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f'{path}:{n}: malformed preference row ({e}); each line needs "chosen" and '
-                         f'"rejected" (and "prompt", unless they are whole HH-RLHF dialogues).') from None
+        raise UserError(f'{path}:{n}: malformed preference row ({e}); each line needs "chosen" and '
+                        f'"rejected" (and "prompt", unless they are whole HH-RLHF dialogues).') from None
       if limit and len(pairs) >= limit:
         break
   if not pairs:
-    raise ValueError(f'{path} has no preference rows.')
+    raise UserError(f'{path} has no preference rows.')
   return pairs

@@ -10,6 +10,7 @@ import numpy as np
 
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.generation.sampler import SamplingConfig
+from rlaif_jax.infra.errors import UserError
 
 
 def principles_for(constitution: Sequence[str] | None, seed: int, start: int, n: int
@@ -44,7 +45,7 @@ def critique_and_revise(generator: text_lib.TextGenerator, prompts: Sequence[str
   repeat for `rounds`. Returns one record per prompt with every critique and revision; the final
   revision is the fine-tuning target (`revision`). An empty revision keeps the previous text."""
   if rounds < 1:
-    raise ValueError(f'rounds must be >= 1, got {rounds}.')
+    raise UserError(f'rounds must be >= 1, got {rounds}.')
   current = list(responses)
   history = [{'prompt': p, 'response': r, 'principle': c, 'critiques': [], 'revisions': []}
              for p, r, c in zip(prompts, responses, principles)]

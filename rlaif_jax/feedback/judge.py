@@ -22,6 +22,7 @@ from rlaif_jax.generation.sampler import SamplingConfig
 from rlaif_jax.infra import distributed
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import transformer as model_lib
+from rlaif_jax.infra.errors import UserError
 
 
 def _text_or_none(x: Any) -> str | None:
@@ -47,7 +48,7 @@ class Judge:
     ids = [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
     bad = [t for t, i in zip(texts, ids) if len(i) != 1]
     if bad:
-      raise ValueError(f'The judge tokenizer splits answer tokens {bad} into several tokens.')
+      raise UserError(f'The judge tokenizer splits answer tokens {bad} into several tokens.')
     return [i[0] for i in ids]
 
   def _cut(self, text: str, context: bool = False) -> str:

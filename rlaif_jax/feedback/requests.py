@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from rlaif_jax.infra.errors import UserError
+
 TASKS = ('summarization', 'helpful', 'harmless')
 
 PREAMBLES = {
@@ -80,8 +82,8 @@ class JudgeConfig:
 
   def __post_init__(self):
     if (self.task, self.preamble) not in PREAMBLES:
-      raise ValueError(f'No preamble for task={self.task!r}, preamble={self.preamble!r}; tasks are '
-                       f'{TASKS}, preambles base | detailed.')
+      raise UserError(f'No preamble for task={self.task!r}, preamble={self.preamble!r}; tasks are '
+                      f'{TASKS}, preambles base | detailed.')
 
 
 def pairwise_request(cfg: JudgeConfig, context: str, first: str, second: str,

@@ -21,6 +21,7 @@ from flax import nnx
 
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import transformer as model_lib
+from rlaif_jax.infra.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +34,10 @@ class SamplingConfig:
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
-      raise ValueError(f'max_new_tokens must be >= 1, got {self.max_new_tokens}.')
+      raise UserError(f'max_new_tokens must be >= 1, got {self.max_new_tokens}.')
     if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-      raise ValueError(f'Bad sampling settings {self}: need temperature >= 0, top_k >= 0, '
-                       f'0 < top_p <= 1.')
+      raise UserError(f'Bad sampling settings {self}: need temperature >= 0, top_k >= 0, '
+                      f'0 < top_p <= 1.')
 
 
 class Samples(NamedTuple):

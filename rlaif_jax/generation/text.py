@@ -17,6 +17,7 @@ from rlaif_jax.generation.sampler import SamplingConfig
 from rlaif_jax.infra import distributed
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import transformer as model_lib
+from rlaif_jax.infra.errors import UserError
 
 
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
@@ -24,8 +25,8 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
   for b in sorted(buckets):
     if n <= b:
       return b
-  raise ValueError(f'Prompt of {n} tokens exceeds the largest prompt bucket {max(buckets)}; add a '
-                   f'larger bucket to the sampling config or truncate the prompts.')
+  raise UserError(f'Prompt of {n} tokens exceeds the largest prompt bucket {max(buckets)}; add a '
+                  f'larger bucket to the sampling config or truncate the prompts.')
 
 
 def left_pad(token_lists: Sequence[Sequence[int]], length: int, pad_id: int):

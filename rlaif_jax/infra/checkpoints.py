@@ -18,6 +18,7 @@ from flax import nnx
 
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.infra import storage
+from rlaif_jax.infra.errors import MissingInput, UserError
 
 _ITEMS = ('state', 'meta')
 
@@ -34,7 +35,7 @@ class Checkpoints:
 
   def __init__(self, directory: storage.PathLike, interval: int = 1, keep: int = 2, async_save: bool = True):
     if interval < 1 or keep < 1:
-      raise ValueError(f'checkpoint.interval and checkpoint.keep must be >= 1, got {interval}, {keep}.')
+      raise UserError(f'checkpoint.interval and checkpoint.keep must be >= 1, got {interval}, {keep}.')
     self.directory = storage.path(directory)
     options = ocp.CheckpointManagerOptions(save_interval_steps=interval, max_to_keep=keep,
                                            enable_async_checkpointing=async_save, create=True)
@@ -76,8 +77,8 @@ def stage_of(path: storage.PathLike, check: bool = False) -> str | None:
   if p.name.isdigit():
     p = p.parent
   if check and (not storage.path(path).is_dir() or p.name != 'checkpoints'):
-    raise FileNotFoundError(f'checkpoint.restore_from={path!r}: not an existing checkpoint folder; '
-                            f'give WORKDIR/<stage>/checkpoints or WORKDIR/<stage>/checkpoints/<step>.')
+    raise MissingInput(f'checkpoint.restore_from={path!r}: not an existing checkpoint folder; '
+                       f'give WORKDIR/<stage>/checkpoints or WORKDIR/<stage>/checkpoints/<step>.')
   return p.parent.name if p.name == 'checkpoints' else None
 
 
@@ -86,8 +87,8 @@ def restore_from(path: storage.PathLike, like: Any) -> tuple[int, Any, dict]:
   directory inside it. A missing or empty path is a clear error."""
   path = storage.path(path)
   if not path.is_dir():
-    raise FileNotFoundError(f'checkpoint.restore_from: no checkpoint directory {path}; give a '
-                            f'stage checkpoint folder (e.g. WORKDIR/rl/checkpoints) or one of its steps.')
+    raise MissingInput(f'checkpoint.restore_from: no checkpoint directory {path}; give a '
+                       f'stage checkpoint folder (e.g. WORKDIR/rl/checkpoints) or one of its steps.')
   parent, step = (path.parent, int(path.name)) if path.name.isdigit() else (path, None)
   ckpt = Checkpoints(parent, async_save=False)
   try:
@@ -95,7 +96,7 @@ def restore_from(path: storage.PathLike, like: Any) -> tuple[int, Any, dict]:
   finally:
     ckpt.close()
   if out is None:
-    raise FileNotFoundError(f'checkpoint.restore_from: {path} holds no finished checkpoint.')
+    raise MissingInput(f'checkpoint.restore_from: {path} holds no finished checkpoint.')
   return out
 
 
@@ -121,8 +122,8 @@ def restore_params(directory: storage.PathLike, model: Any, mesh: jax.sharding.M
   directory = storage.path(directory)
   info = read_marker(directory, marker)
   if info is None:
-    raise FileNotFoundError(f'No complete {what} in {directory} (missing {marker}); run the stage '
-                            f'that writes it first, or fix the path.')
+    raise MissingInput(f'No complete {what} in {directory} (missing {marker}); run the stage '
+                       f'that writes it first, or fix the path.')
   params = nnx.state(model, nnx.Param)
   sh = shd.state_shardings(params, mesh, model.cfg.logical_axis_rules)
   target = jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),

@@ -20,6 +20,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from rlaif_jax.infra.errors import UserError
+
 MODES = ('auto', 'always', 'never')
 
 
@@ -35,7 +37,7 @@ def initialize(mode: str = 'auto') -> bool:
   """Start the multi-controller runtime if `mode` and the environment say so; returns whether it did.
   Must run before anything touches a device."""
   if mode not in MODES:
-    raise ValueError(f'Unknown distributed {mode!r}; use one of {MODES}.')
+    raise UserError(f'Unknown distributed {mode!r}; use one of {MODES}.')
   if mode == 'never' or (mode == 'auto' and not wanted()):
     return False
   kwargs = {}

@@ -15,6 +15,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from rlaif_jax.infra.errors import UserError
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
 # Logical name -> mesh axes. Parameters: `vocab, embed, heads, kv_heads, head_dim, mlp, norm`.
@@ -42,7 +44,7 @@ def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
   out = []
   for pair in rules:
     if len(pair) != 2:
-      raise ValueError(f'Bad logical-axis rule {pair!r}: each rule is (logical_name, mesh_axes).')
+      raise UserError(f'Bad logical-axis rule {pair!r}: each rule is (logical_name, mesh_axes).')
     name, axes = pair
     if isinstance(axes, (list, tuple)):
       axes = tuple(axes)
@@ -50,8 +52,8 @@ def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
     else:
       bad = [] if axes is None or axes in MESH_AXES else [axes]
     if bad:
-      raise ValueError(f'Logical-axis rule for {name!r} names mesh axes {bad}; mesh axes are '
-                       f'{MESH_AXES} (or None for replicated).')
+      raise UserError(f'Logical-axis rule for {name!r} names mesh axes {bad}; mesh axes are '
+                      f'{MESH_AXES} (or None for replicated).')
     out.append((str(name), axes))
   return tuple(out)
 
@@ -60,21 +62,21 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[Any] | None = None) ->
   """Mesh from {'data': d, 'fsdp': f, 'tensor': t}; one entry may be -1 to take the remaining devices."""
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f'Unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}.')
+    raise UserError(f'Unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}.')
   devices = list(jax.devices() if devices is None else devices)
   sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
   if sizes.count(-1) > 1:
-    raise ValueError(f'Mesh {dict(shape)}: only one axis may be -1 (fill the remaining devices).')
+    raise UserError(f'Mesh {dict(shape)}: only one axis may be -1 (fill the remaining devices).')
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if known <= 0 or len(devices) % known:
-      raise ValueError(f'Mesh {dict(shape)} does not fit {len(devices)} devices: the fixed axes '
-                       f'({known}) must divide the device count. Set --config.mesh.* to fit.')
+      raise UserError(f'Mesh {dict(shape)} does not fit {len(devices)} devices: the fixed axes '
+                      f'({known}) must divide the device count. Set --config.mesh.* to fit.')
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
-    raise ValueError(f'Mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but '
-                     f'{len(devices)} are available. Set --config.mesh.* so the product matches, '
-                     f'or use -1 on one axis.')
+    raise UserError(f'Mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but '
+                    f'{len(devices)} are available. Set --config.mesh.* so the product matches, '
+                    f'or use -1 on one axis.')
   return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
@@ -92,8 +94,8 @@ def logical_to_spec(axes: Sequence[str | None], rules: Sequence[tuple[str, Any]]
       spec.append(None)
       continue
     if name not in table:
-      raise ValueError(f'{what}: logical axis {name!r} has no rule in the logical-axis rules table; '
-                       f'add ({name!r}, <mesh axes or None>) to config.logical_axis_rules.')
+      raise UserError(f'{what}: logical axis {name!r} has no rule in the logical-axis rules table; '
+                      f'add ({name!r}, <mesh axes or None>) to config.logical_axis_rules.')
     mesh_axes = table[name]
     if mesh_axes is None:
       spec.append(None)
@@ -108,7 +110,7 @@ def logical_to_spec(axes: Sequence[str | None], rules: Sequence[tuple[str, Any]]
         if not strict:
           spec.append(None)
           continue
-        raise ValueError(
+        raise UserError(
             f'{what}: dimension {i} ({name}={shape[i]}) cannot be split evenly over mesh axes '
             f'{mesh_axes} of size {n}. Fix: set config.mesh so the size of {"x".join(mesh_axes)} '
             f'divides {shape[i]}, or map {name!r} to other mesh axes (or None) in '
@@ -139,8 +141,8 @@ def state_shardings(state: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) ->
       return NamedSharding(mesh, PartitionSpec())
     meta = var.get_metadata()
     if 'logical_axes' not in meta:
-      raise ValueError(f'Parameter {_path_name(path)} has no logical_axes annotation; every '
-                       f'parameter needs one so the rules table can shard it.')
+      raise UserError(f'Parameter {_path_name(path)} has no logical_axes annotation; every '
+                      f'parameter needs one so the rules table can shard it.')
     spec = logical_to_spec(meta['logical_axes'], rules, var.get_value().shape, mesh,
                            what=f'parameter {_path_name(path)}')
     return var.replace(NamedSharding(mesh, spec))
@@ -227,8 +229,8 @@ def put_sharded(graphdef: Any, abstract_state: Any, arrays: Mapping[str, np.ndar
       raise KeyError(f'No weight for parameter {name}.')
     host = arrays[name]
     if tuple(host.shape) != tuple(var.get_value().shape):
-      raise ValueError(f'Weight {name} has shape {tuple(host.shape)}, the model expects '
-                       f'{tuple(var.get_value().shape)}.')
+      raise UserError(f'Weight {name} has shape {tuple(host.shape)}, the model expects '
+                      f'{tuple(var.get_value().shape)}.')
     dtype = var.get_value().dtype
     arr = jax.make_array_from_callback(host.shape, sh.get_value(),
                                        lambda idx: np.asarray(host[idx], dtype=dtype))

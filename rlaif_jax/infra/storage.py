@@ -17,6 +17,7 @@ from typing import Any, Iterable
 from etils import epath
 
 from rlaif_jax.infra import distributed
+from rlaif_jax.infra.errors import MissingInput
 
 PathLike = str | os.PathLike
 
@@ -94,7 +95,7 @@ def local_copy(p: PathLike, cache: str | None = None) -> str:
   import jax
   src = path(p)
   if not src.exists():
-    raise FileNotFoundError(f'{p} does not exist (or this machine cannot read it).')
+    raise MissingInput(f'{p} does not exist (or this machine cannot read it).')
   key = hashlib.sha256(os.fspath(p).encode()).hexdigest()[:16]
   root = cache or os.path.join(os.path.expanduser('~'), '.cache', 'rlaif_jax', 'remote')
   dest = epath.Path(root) / f'{key}-{jax.process_index()}' / src.name

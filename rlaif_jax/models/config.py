@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from rlaif_jax.infra import sharding as shd
+from rlaif_jax.infra.errors import UserError
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
@@ -30,7 +31,7 @@ def to_dtype(name: str | Any) -> Any:
   if not isinstance(name, str):
     return name
   if name not in _DTYPES:
-    raise ValueError(f'Unknown dtype {name!r}; use one of {sorted(_DTYPES)}.')
+    raise UserError(f'Unknown dtype {name!r}; use one of {sorted(_DTYPES)}.')
   return _DTYPES[name]
 
 
@@ -57,11 +58,11 @@ class ModelConfig:
 
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f'num_heads={self.num_heads} is not a multiple of num_kv_heads='
-                       f'{self.num_kv_heads}; grouped-query attention needs it to be.')
+      raise UserError(f'num_heads={self.num_heads} is not a multiple of num_kv_heads='
+                      f'{self.num_kv_heads}; grouped-query attention needs it to be.')
     to_dtype(self.param_dtype), to_dtype(self.dtype)
     if self.remat not in REMAT_POLICIES:
-      raise ValueError(f'Unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}.')
+      raise UserError(f'Unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}.')
 
   def replace(self, **kw) -> 'ModelConfig':
     return dataclasses.replace(self, **kw)

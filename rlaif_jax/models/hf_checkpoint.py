@@ -19,6 +19,7 @@ from rlaif_jax.infra import distributed, storage
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import safetensors_io
 from rlaif_jax.models.config import ModelConfig
+from rlaif_jax.infra.errors import MissingInput, UserError
 
 SUPPORTED_ARCHITECTURES = ('LlamaForCausalLM', 'LlamaForSequenceClassification')
 SUPPORTED_MODEL_TYPES = ('llama',)
@@ -29,18 +30,18 @@ def config_from_hf(hf: Mapping[str, Any], source: str = 'config.json', **overrid
   model_type = hf.get('model_type')
   archs = hf.get('architectures') or []
   if model_type not in SUPPORTED_MODEL_TYPES or (archs and not set(archs) & set(SUPPORTED_ARCHITECTURES)):
-    raise ValueError(f'{source}: unsupported architecture (model_type={model_type!r}, '
-                     f'architectures={archs}); rlaif_jax supports {SUPPORTED_ARCHITECTURES} '
-                     f'(model_type {SUPPORTED_MODEL_TYPES}).')
+    raise UserError(f'{source}: unsupported architecture (model_type={model_type!r}, '
+                    f'architectures={archs}); rlaif_jax supports {SUPPORTED_ARCHITECTURES} '
+                    f'(model_type {SUPPORTED_MODEL_TYPES}).')
   for flag in ('attention_bias', 'mlp_bias'):
     if hf.get(flag):
-      raise ValueError(f'{source}: {flag}=true is not supported by the Llama-family model.')
+      raise UserError(f'{source}: {flag}=true is not supported by the Llama-family model.')
   if hf.get('hidden_act', 'silu') != 'silu':
-    raise ValueError(f'{source}: hidden_act={hf["hidden_act"]!r} is not supported (only silu).')
+    raise UserError(f'{source}: hidden_act={hf["hidden_act"]!r} is not supported (only silu).')
   missing = [k for k in ('vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers',
                          'num_attention_heads') if k not in hf]
   if missing:
-    raise ValueError(f'{source} lacks required keys {missing}.')
+    raise UserError(f'{source} lacks required keys {missing}.')
   rope = dict(hf.get('rope_parameters') or {})  # transformers 5 layout
   rope_theta = rope.pop('rope_theta', hf.get('rope_theta', 10000.0))
   scaling = rope or dict(hf.get('rope_scaling') or {})
@@ -142,7 +143,7 @@ def map_weights(cfg: ModelConfig, tensors: Mapping[str, np.ndarray], source: str
   missing = [hf for ours, hf, _, _ in table if hf not in tensors and ours not in optional]
   if missing:
     shown = ', '.join(missing[:10]) + (f' ... ({len(missing)} in all)' if len(missing) > 10 else '')
-    raise ValueError(f'{source}: missing tensors for a {cfg.num_layers}-layer Llama model: {shown}.')
+    raise UserError(f'{source}: missing tensors for a {cfg.num_layers}-layer Llama model: {shown}.')
   items = {}
   for ours, hf, to_ours, _ in table:
     if hf in tensors:
@@ -165,7 +166,7 @@ def read_tensors(folder: str) -> Mapping[str, np.ndarray]:
     for shard in sorted(set(weight_map.values())):
       path = os.path.join(folder, shard)
       if not os.path.exists(path):
-        raise FileNotFoundError(f'{index} lists {shard}, which is not in {folder}.')
+        raise MissingInput(f'{index} lists {shard}, which is not in {folder}.')
       files[shard] = safetensors_io.read(path)
     return LazyWeights({name: (lambda f=files[shard], n=name: f[n])
                         for shard, f in files.items() for name in f})
@@ -175,16 +176,16 @@ def read_tensors(folder: str) -> Mapping[str, np.ndarray]:
   bad = [p for p in present if p.endswith(('.bin', '.pt', '.pth', '.ckpt'))]
   hint = (f' It has {bad}: pickle checkpoints are never loaded; convert them to safetensors.'
           if bad else '')
-  raise FileNotFoundError(f'{folder} has no model.safetensors or model.safetensors.index.json.{hint}')
+  raise MissingInput(f'{folder} has no model.safetensors or model.safetensors.index.json.{hint}')
 
 
 def load_folder(folder: str, **overrides) -> tuple[ModelConfig, LazyWeights]:
   """(ModelConfig, our-name -> host array) from a Hugging Face checkpoint folder."""
   cfg_path = os.path.join(folder, 'config.json')
   if not os.path.isdir(folder):
-    raise FileNotFoundError(f'Checkpoint folder {folder} does not exist.')
+    raise MissingInput(f'Checkpoint folder {folder} does not exist.')
   if not os.path.exists(cfg_path):
-    raise FileNotFoundError(f'{folder} has no config.json; is it a Hugging Face checkpoint folder?')
+    raise MissingInput(f'{folder} has no config.json; is it a Hugging Face checkpoint folder?')
   with open(cfg_path) as f:
     cfg = config_from_hf(json.load(f), cfg_path, **overrides)
   return cfg, map_weights(cfg, read_tensors(folder), folder)

@@ -20,6 +20,7 @@ from rlaif_jax.infra import storage
 from rlaif_jax.models import gguf_checkpoint, hf_checkpoint
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.models.transformer import Transformer
+from rlaif_jax.infra.errors import MissingInput, UserError
 
 DEFAULT_MODEL = 'smollm2'
 
@@ -28,7 +29,7 @@ def load_tokenizer(folder: str) -> Any:
   """The tokenizer of a Hugging Face folder (tokenizer.json + tokenizer_config.json), offline."""
   from transformers import AutoTokenizer
   if not os.path.exists(os.path.join(folder, 'tokenizer.json')):
-    raise FileNotFoundError(f'{folder} has no tokenizer.json; a fast (Rust) tokenizer file is needed.')
+    raise MissingInput(f'{folder} has no tokenizer.json; a fast (Rust) tokenizer file is needed.')
   return AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
 
 
@@ -43,9 +44,9 @@ def load_weights(source: str, **overrides) -> tuple[ModelConfig, Any, Any]:
   if os.path.isdir(source):
     cfg, weights = hf_checkpoint.load_folder(source, **overrides)
     return cfg, weights, load_tokenizer(source)
-  raise FileNotFoundError(f'Model source {source!r} is neither {DEFAULT_MODEL!r}, a .gguf file, nor '
-                          f'a Hugging Face checkpoint folder. Set config.model.source (or the stage\'s '
-                          f'model source) to one of those.')
+  raise MissingInput(f'Model source {source!r} is neither {DEFAULT_MODEL!r}, a .gguf file, nor '
+                     f'a Hugging Face checkpoint folder. Set config.model.source (or the stage\'s '
+                     f'model source) to one of those.')
 
 
 def load_model(source: str, mesh: jax.sharding.Mesh | None = None,
@@ -65,7 +66,7 @@ def place(cfg: ModelConfig, weights: Any, mesh: jax.sharding.Mesh | None = None)
   expected = set(shd.flat_names(abstract_state))
   missing = sorted(expected - set(weights))
   if missing:
-    raise ValueError(f'Weights are missing parameters: {missing[:10]}')
+    raise UserError(f'Weights are missing parameters: {missing[:10]}')
   return shd.put_sharded(graphdef, abstract_state, weights, mesh, cfg.logical_axis_rules)
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from rlaif_jax.infra.errors import UserError
+
 
 class SafetensorsFile(Mapping):
   """The tensors of one .safetensors file, each read from disk when indexed."""
@@ -25,7 +27,8 @@ class SafetensorsFile(Mapping):
     try:
       self._file = safetensors.safe_open(path, framework='np')
     except (safetensors.SafetensorError, OSError) as e:
-      raise ValueError(f'{path} is not a readable safetensors file ({e}).') from None
+      raise UserError(f'{path} is truncated or not a safetensors file ({e}); copy or download it '
+                      f'again.') from None
     self._names = dict.fromkeys(self._file.keys())  # in file order
 
   def __getitem__(self, name: str) -> np.ndarray:

@@ -24,6 +24,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models.config import REMAT_POLICIES, ModelConfig, to_dtype
+from rlaif_jax.infra.errors import UserError
 
 
 class KVCache(NamedTuple):
@@ -90,7 +91,7 @@ def rope_frequencies(cfg: ModelConfig) -> jax.Array:
   if kind in (None, 'default'):
     return inv
   if kind != 'llama3':
-    raise NotImplementedError(f'rope_scaling type {kind!r} is not supported (supported: llama3).')
+    raise UserError(f'rope_scaling type {kind!r} is not supported (supported: llama3).')
   factor, lo, hi = rs['factor'], rs['low_freq_factor'], rs['high_freq_factor']
   old = rs['original_max_position_embeddings']
   wavelen = 2 * math.pi / inv

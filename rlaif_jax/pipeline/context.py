@@ -7,8 +7,6 @@ reference policy is sft/policy or config.model.source.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import ml_collections
 from etils import epath
@@ -21,11 +19,11 @@ from rlaif_jax.generation.sampler import SamplingConfig
 from rlaif_jax.infra import checkpoints, distributed, storage
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import loading
+from rlaif_jax.pipeline import checks
 
 # Every stage, in the order a run takes them; a stage's PRNG key is folded from its index here.
 STAGE_ORDER = ('generate', 'sft', 'label', 'reward_model', 'rl', 'eval', 'export')
 DONE = 'DONE.json'
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class RunContext:
@@ -52,11 +50,15 @@ class RunContext:
     return jax.random.fold_in(self.key, STAGE_ORDER.index(stage))
 
   # ------------------------------------------------------------------------ models
-  def load(self, source: str, scalar_head: bool = False):
-    """(model, tokenizer) from `source` (default: config.model.source) with the run's dtypes."""
+  def load(self, source: str, scalar_head: bool = False, frozen: bool = False,
+           param_dtype: str = '', dtype: str = ''):
+    """(model, tokenizer) from `source` (default: config.model.source) with the run's dtypes: a
+    model that trains keeps model.param_dtype (float32 master parameters); a frozen one is stored in
+    model.frozen_param_dtype when that is set. Both compute in model.dtype."""
     m = self.config.model
+    stored = param_dtype or (m.frozen_param_dtype if frozen else '') or m.param_dtype
     return loading.load_model(source or m.source, self.mesh, self.rules, scalar_head=scalar_head,
-                              param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat)
+                              param_dtype=stored, dtype=dtype or m.dtype, remat=m.remat)
 
   def policy_dir(self, reference: bool = False) -> str | None:
     """Where the current (or, with reference=True, the reference) policy's parameters are."""
@@ -65,9 +67,10 @@ class RunContext:
         return self.path(stage, 'policy')
     return None
 
-  def policy(self, reference: bool = False, scalar_head: bool = False):
-    """(model with the current or reference policy's parameters, tokenizer)."""
-    model, tokenizer = self.load(self.config.model.source, scalar_head)
+  def policy(self, reference: bool = False, scalar_head: bool = False, frozen: bool = False):
+    """(model with the current or reference policy's parameters, tokenizer); frozen: a copy that
+    is not trained (see `load`)."""
+    model, tokenizer = self.load(self.config.model.source, scalar_head, frozen)
     folder = self.policy_dir(reference)
     if folder is not None:
       params, _ = checkpoints.restore_params(folder, model, self.mesh, what='policy')
@@ -76,7 +79,7 @@ class RunContext:
 
   def judge(self, task: str | None = None) -> Judge:
     j = self.config.judge
-    model, tokenizer = self.load(j.source)
+    model, tokenizer = self.load(j.source, frozen=True, param_dtype=j.param_dtype, dtype=j.dtype)
     cfg = JudgeConfig(task=task or j.task, preamble=j.preamble, debias=j.debias,
                       chat_template=j.chat_template, max_response_tokens=j.max_response_tokens,
                       max_context_tokens=j.max_context_tokens)
@@ -85,11 +88,7 @@ class RunContext:
   def constitution(self) -> list[str] | None:
     """config.judge.constitution's principles (a relative path may be relative to the repository)."""
     path = self.config.judge.constitution
-    if not path:
-      return None
-    if not os.path.isabs(path) and not os.path.exists(path):
-      path = os.path.join(REPO_ROOT, path)
-    return constitution_files.read_constitution(path)
+    return constitution_files.read_constitution(checks.constitution_path(path)) if path else None
 
   # ------------------------------------------------------------------------ data
   def prompts(self) -> tuple[list[str], list[str]]:

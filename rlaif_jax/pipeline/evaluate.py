@@ -16,6 +16,7 @@ from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import storage
 from rlaif_jax.pipeline import report, training_loop
 from rlaif_jax.pipeline.context import RunContext
+from rlaif_jax.infra.errors import UserError
 
 
 def held_out_prompts(ctx: RunContext) -> list[str]:
@@ -23,7 +24,7 @@ def held_out_prompts(ctx: RunContext) -> list[str]:
   n = ctx.config.eval.num_prompts
   prompts = held_out[:n] if n > 0 else held_out
   if not prompts:
-    raise ValueError('The eval stage needs held-out prompts: set data.num_heldout > 0.')
+    raise UserError('The eval stage needs held-out prompts: set data.num_heldout > 0.')
   return prompts
 
 
@@ -33,7 +34,7 @@ def responses_of_both(ctx: RunContext, prompts: list[str]) -> dict[str, list[str
   k_policy, k_ref = jax.random.split(ctx.stage_key('eval'))
   responses = {}
   for name, reference, key in (('policy', False, k_policy), ('reference', True, k_ref)):
-    model, tokenizer = ctx.policy(reference=reference)
+    model, tokenizer = ctx.policy(reference=reference, frozen=True)
     responses[name] = text_lib.TextGenerator(model, tokenizer, ctx.mesh)(prompts, settings, key)
   return responses
 

@@ -14,7 +14,7 @@ from rlaif_jax.pipeline.context import RunContext
 def run_stage(ctx: RunContext) -> dict[str, Any]:
   """Sample one response per prompt; writes generate.jsonl and prints prompt -> response."""
   t0 = time.time()
-  policy, tokenizer = ctx.policy()
+  policy, tokenizer = ctx.policy(frozen=True)
   g = ctx.config.generate
   generator = text_lib.TextGenerator(policy, tokenizer, ctx.mesh, g.prompt_buckets)
   responses = generator(list(g.prompts), ctx.sampling(g), ctx.stage_key('generate'),

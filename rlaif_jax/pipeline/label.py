@@ -24,6 +24,7 @@ from rlaif_jax.infra import metrics, storage
 from rlaif_jax.infra.progress import Progress
 from rlaif_jax.pipeline import training_loop
 from rlaif_jax.pipeline.context import DONE, RunContext
+from rlaif_jax.infra.errors import UserError
 
 CHUNKS = 'label_chunks'
 
@@ -42,7 +43,7 @@ def label_prompts(judge: Judge, prompts: Sequence[str], folder: storage.PathLike
   if pairs is not None and len(pairs) != len(prompts):
     raise ValueError(f'{len(prompts)} prompts but {len(pairs)} response pairs.')
   if not prompts:
-    raise ValueError('No prompts to label; check the prompt dataset.')
+    raise UserError('No prompts to label; check the prompt dataset.')
   chunks = storage.makedirs(storage.path(folder) / CHUNKS)
   settings = response_settings or SamplingConfig(64, temperature=1.0)
   bar = Progress('label', len(prompts), unit='pair')
@@ -75,7 +76,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   if (info := training_loop.complete(ctx, 'label')) is not None:
     return info
   c = ctx.config.label
-  policy, tokenizer = ctx.policy()
+  policy, tokenizer = ctx.policy(frozen=True)
   generator = text_lib.TextGenerator(policy, tokenizer, ctx.mesh)
   train_prompts, _ = ctx.prompts()
   prompts = train_prompts[:c.num_prompts] if c.num_prompts > 0 else train_prompts

@@ -18,6 +18,7 @@ from rlaif_jax.pipeline import label, training_loop
 from rlaif_jax.pipeline.context import RunContext
 from rlaif_jax.training import reward_model as rm
 from rlaif_jax.training import state as state_lib
+from rlaif_jax.infra.errors import MissingInput, UserError
 
 STATS_FILE = 'reward_stats.json'
 
@@ -56,13 +57,13 @@ def labeled_rows(ctx: RunContext, batch_size: int, eval_fraction: float
                  ) -> tuple[list[dict], list[dict]]:
   """(train, held-out) preference rows of the complete label stage (skipped pairs left out)."""
   if checkpoints.read_marker(ctx.path('label')) is None:
-    raise FileNotFoundError(f'The reward_model stage needs labels: no complete label stage in '
-                            f'{ctx.path("label")}; add "label" to config.stages before it.')
+    raise MissingInput(f'The reward_model stage needs labels: no complete label stage in '
+                       f'{ctx.path("label")}; add "label" to config.stages before it.')
   rows = [r for r in label.read_labels(ctx.path('label', label.CHUNKS)) if not r['skipped']]
   n_eval = max(1, int(len(rows) * eval_fraction))
   if len(rows) - n_eval < batch_size:
-    raise ValueError(f'{len(rows)} labeled pairs leave fewer than reward_model.batch_size='
-                     f'{batch_size} for training; label more prompts or lower the batch size.')
+    raise UserError(f'{len(rows)} labeled pairs leave fewer than reward_model.batch_size='
+                    f'{batch_size} for training; label more prompts or lower the batch size.')
   return rows[:-n_eval], rows[-n_eval:]
 
 

@@ -32,7 +32,7 @@ def reward_source_and_value_model(ctx: RunContext, cfg: RLConfig, tokenizer: Any
   reward_args, value_model = {}, None
   if cfg.reward == 'reward_model' or cfg.value_model == 'separate':
     source = ctx.config.reward_model.source
-    rm_model, _ = ctx.load(source, scalar_head=True)
+    rm_model, _ = ctx.load(source, scalar_head=True, frozen=True)
     rm_params, stats = reward_model.restore(ctx.path('reward_model', 'model'), rm_model, ctx.mesh)
     nnx.update(rm_model, rm_params)
     reward_args['reward_model'] = (rm_model, rm_params, ctx.mesh, stats)
@@ -95,7 +95,8 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   shared = cfg.algorithm == 'ppo' and cfg.value_model == 'shared'
   policy, tokenizer = ctx.policy(scalar_head=shared)
   # the reference parameters in the policy's own layout (with its head when the value head is shared)
-  reference = jax.tree.map(jnp.copy, nnx.state(ctx.policy(reference=True, scalar_head=shared)[0]))
+  reference = jax.tree.map(jnp.copy, nnx.state(ctx.policy(reference=True, scalar_head=shared,
+                                                          frozen=True)[0]))
   iteration = build_loop(ctx, cfg, policy, tokenizer)
   state, kl_coef = train(ctx, cfg, iteration, tokenizer, reference)
   nnx.update(policy, state.params['policy'])

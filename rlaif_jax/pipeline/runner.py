@@ -28,7 +28,7 @@ import jax
 import ml_collections
 
 from rlaif_jax.infra import checkpoints, storage
-from rlaif_jax.pipeline import evaluate, export, generate, label, report, reward_model, rl, sft
+from rlaif_jax.pipeline import checks, evaluate, export, generate, label, report, reward_model, rl, sft
 from rlaif_jax.pipeline.context import STAGE_ORDER, RunContext
 
 STAGES: dict[str, Callable[[RunContext], dict[str, Any]]] = {
@@ -39,21 +39,17 @@ STAGES: dict[str, Callable[[RunContext], dict[str, Any]]] = {
 assert tuple(STAGES) == STAGE_ORDER
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Errors a run would otherwise meet only when it reaches the stage concerned."""
-  unknown = [s for s in config.stages if s not in STAGES]
-  if unknown:
-    raise ValueError(f'Unknown stage(s) {unknown} in config.stages; stages are {list(STAGES)}.')
-  if config.checkpoint.restore_from:
-    checkpoints.stage_of(config.checkpoint.restore_from, check=True)
+PROMPT_STAGES = ('sft', 'label', 'rl', 'eval')  # the stages that read config.data
 
 
 def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, Any]]:
   """Run config.stages in order; returns each stage's summary. SIGTERM makes the running stage save
   a checkpoint and exit (status 143); the same command resumes."""
-  check_config(config)
-  storage.makedirs(workdir)
+  checks.check_config(config, tuple(STAGES))  # what the config alone shows, in a second
+  checks.check_workdir(workdir)
   ctx = RunContext(config, workdir)
+  if set(config.stages) & set(PROMPT_STAGES):
+    ctx.prompts()  # a data source that cannot be read fails now, before any model loads
 
   def on_sigterm(signum, frame):
     ctx.terminate = True

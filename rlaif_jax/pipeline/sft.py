@@ -15,6 +15,7 @@ from rlaif_jax.infra import checkpoints, storage
 from rlaif_jax.pipeline import training_loop
 from rlaif_jax.pipeline.context import DONE, RunContext
 from rlaif_jax.training import sft, state as state_lib
+from rlaif_jax.infra.errors import UserError
 
 
 def run_stage(ctx: RunContext) -> dict[str, Any]:
@@ -48,7 +49,7 @@ def revisions(ctx: RunContext, model, tokenizer, prompts: list[str]) -> tuple[li
   if not path.exists():
     principles = ctx.constitution()
     if not principles:
-      raise ValueError("sft.data='revisions' needs a constitution: set judge.constitution.")
+      raise UserError("sft.data='revisions' needs a constitution: set judge.constitution.")
     generator = text_lib.TextGenerator(model, tokenizer, ctx.mesh)
     settings = ctx.sampling(ctx.config.sft.sampling)
     k_resp, k_rev = jax.random.split(ctx.stage_key('sft'))

@@ -28,7 +28,7 @@ flags.mark_flags_as_required(['config', 'topology'])
 
 def main(argv):
   if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments: {argv[1:]}')
+    raise errors.UserError(f'Unexpected arguments: {argv[1:]}')
   from rlaif_jax.plan import stages, table
   config = _CONFIG.value
   plan = stages.make_plan(config, _TOPOLOGY.value, _MFU.value)
@@ -37,4 +37,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  errors.run_reporting_user_errors(lambda: app.run(main))
+  parser = errors.parse_flags(flags.FLAGS)
+  errors.run_reporting_user_errors(lambda: app.run(main, flags_parser=parser))

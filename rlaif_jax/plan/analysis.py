@@ -21,6 +21,7 @@ from rlaif_jax.models import gguf_checkpoint, hf_checkpoint, loading
 from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.plan.chips import HEADROOM, Chip
+from rlaif_jax.infra.errors import MissingInput
 
 S = jax.ShapeDtypeStruct
 
@@ -39,9 +40,9 @@ def model_config(source: str, architecture: Any, **overrides) -> ModelConfig:
   if os.path.isdir(source):
     with open(os.path.join(source, 'config.json')) as f:
       return hf_checkpoint.config_from_hf(json.load(f), source, **overrides)
-  raise FileNotFoundError(f'Model source {source!r} is not {loading.DEFAULT_MODEL!r}, a .gguf file '
-                          f'or a Hugging Face folder; to plan without it set its architecture '
-                          f'(config.model.architecture = config.json fields).')
+  raise MissingInput(f'Model source {source!r} is not {loading.DEFAULT_MODEL!r}, a .gguf file '
+                     f'or a Hugging Face folder; to plan without it set its architecture '
+                     f'(config.model.architecture = config.json fields).')
 
 
 def abstract_model(cfg: ModelConfig) -> model_lib.Transformer:

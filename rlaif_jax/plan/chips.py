@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from rlaif_jax.infra.errors import UserError
+
 GiB = 1024 ** 3
 
 
@@ -32,10 +34,10 @@ def topology_devices(topology: str) -> tuple[list[Any], Chip]:
   try:
     devices = list(topologies.get_topology_desc(topology, 'tpu').devices)
   except Exception as e:  # noqa: BLE001 -- libtpu missing or a malformed name; say which
-    raise ValueError(f'Cannot describe TPU topology {topology!r} ({str(e).splitlines()[0][:200]}). '
-                     f"Names look like v5e:2x2, v5e:8x8, v5p:2x4x4, v6e:4x4; the TPU compiler comes "
-                     f"with pip install -e '.[tpu]'.") from None
+    raise UserError(f'Cannot describe TPU topology {topology!r} ({str(e).splitlines()[0][:200]}). '
+                    f"Names look like v5e:2x2, v5e:8x8, v5p:2x4x4, v6e:4x4; the TPU compiler comes "
+                    f"with pip install -e '.[tpu]'.") from None
   kind = devices[0].device_kind
   if kind not in CHIPS:
-    raise ValueError(f'No chip figures for {kind!r}; known: {sorted(CHIPS)} (add it to plan.CHIPS).')
+    raise UserError(f'No chip figures for {kind!r}; known: {sorted(CHIPS)} (add it to plan.CHIPS).')
   return devices, CHIPS[kind]

@@ -31,6 +31,7 @@ from rlaif_jax.rl.config import RLConfig, values_from_first_step
 from rlaif_jax.rl.rollout import Rollout
 from rlaif_jax.training import reward_model as rm
 from rlaif_jax.training import state as state_lib
+from rlaif_jax.infra.errors import UserError
 
 
 @dataclasses.dataclass
@@ -207,7 +208,7 @@ def rl_steps(p: Planning) -> list[Step]:
 def make_plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4) -> Plan:
   """Compile every step of config.stages for `topology` (see the package docstring)."""
   if not 0 < mfu <= 1:
-    raise ValueError(f'--mfu must be in (0, 1], got {mfu}.')
+    raise UserError(f'--mfu must be in (0, 1], got {mfu}.')
   devices, chip = topology_devices(topology)
   mesh = shd.make_mesh(dict(config.mesh), devices)
   p = plan_models(config, mesh)
@@ -217,7 +218,7 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4
   stages = set(config.stages)
   steps = []
   for stage, planner in (('label', label_steps), ('reward_model', reward_model_steps),
-                         ('rl', rl_steps)):
+                    ('rl', rl_steps)):
     if stage in stages:
       steps += planner(p)
   return Plan(topology, chip, dict(mesh.shape), mfu, steps, models)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from rlaif_jax.infra.errors import UserError
+
 ALGORITHMS = ('ppo', 'reinforce', 'rloo')
 REWARDS = ('reward_model', 'judge')
 
@@ -40,17 +42,17 @@ class RLConfig:
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
-      raise ValueError(f'Unknown rl.algorithm {self.algorithm!r}; choose one of {ALGORITHMS}.')
+      raise UserError(f'Unknown rl.algorithm {self.algorithm!r}; choose one of {ALGORITHMS}.')
     if self.reward not in REWARDS:
-      raise ValueError(f'Unknown rl.reward {self.reward!r}; choose one of {REWARDS}.')
+      raise UserError(f'Unknown rl.reward {self.reward!r}; choose one of {REWARDS}.')
     if self.value_model not in ('shared', 'separate'):
-      raise ValueError(f"Unknown rl.value_model {self.value_model!r}; use 'shared' or 'separate'.")
+      raise UserError(f"Unknown rl.value_model {self.value_model!r}; use 'shared' or 'separate'.")
     if min(self.epochs, self.minibatches, self.micro_batches) < 1:
-      raise ValueError(f'rl.epochs, rl.minibatches and rl.micro_batches must be >= 1, got '
-                       f'{self.epochs}, {self.minibatches}, {self.micro_batches}.')
+      raise UserError(f'rl.epochs, rl.minibatches and rl.micro_batches must be >= 1, got '
+                      f'{self.epochs}, {self.minibatches}, {self.micro_batches}.')
     if self.algorithm == 'rloo' and self.samples_per_prompt < 2:
-      raise ValueError('rl.algorithm=rloo needs rl.samples_per_prompt >= 2 (the leave-one-out '
-                       'baseline averages the other samples of the same prompt).')
+      raise UserError('rl.algorithm=rloo needs rl.samples_per_prompt >= 2 (the leave-one-out '
+                      'baseline averages the other samples of the same prompt).')
 
 
 def values_from_first_step(cfg: RLConfig) -> bool:

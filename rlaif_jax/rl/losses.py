@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from rlaif_jax.generation.scoring import masked_mean
+from rlaif_jax.infra.errors import UserError
 
 
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = 'k1') -> jax.Array:
@@ -30,7 +31,7 @@ def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = 'k1') -> j
     return jnp.expm1(-d) + d
   if estimator == 'abs':
     return jnp.abs(d)
-  raise ValueError(f'Unknown KL estimator {estimator!r}; use k1, k2, k3 or abs.')
+  raise UserError(f'Unknown KL estimator {estimator!r}; use k1, k2, k3 or abs.')
 
 
 class PolicyLossInfo(NamedTuple):

@@ -19,6 +19,7 @@ from rlaif_jax.infra import distributed
 from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.rl.config import RLConfig
 from rlaif_jax.training import reward_model as rm
+from rlaif_jax.infra.errors import UserError
 
 
 class Responses(NamedTuple):
@@ -78,8 +79,8 @@ def make_reward_source(cfg: RLConfig, *, reward_model: tuple | None = None, judg
   stats); 'judge' needs judge= and tokenizer=."""
   if cfg.reward == 'reward_model':
     if reward_model is None:
-      raise ValueError("rl.reward='reward_model' needs a trained reward model (run the reward_model "
-                       "stage first, or set rl.reward='judge').")
+      raise UserError("rl.reward='reward_model' needs a trained reward model (run the reward_model "
+                      "stage first, or set rl.reward='judge').")
     return reward_model_rewards(*reward_model)
   if judge is None or tokenizer is None:
     raise ValueError("rl.reward='judge' needs the judge model and its tokenizer.")

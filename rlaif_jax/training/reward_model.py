@@ -19,6 +19,7 @@ from flax import nnx
 from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.infra import distributed
 from rlaif_jax.training import step as step_lib
+from rlaif_jax.infra.errors import UserError
 
 
 def preference_loss(r_a: jax.Array, r_b: jax.Array, p_a: jax.Array) -> jax.Array:
@@ -88,8 +89,8 @@ class RewardStats(NamedTuple):
 def reward_stats(rewards: Any) -> RewardStats:
   r = np.asarray(rewards, np.float64)
   if r.size < 2 or not np.all(np.isfinite(r)):
-    raise ValueError(f'Reward statistics need >= 2 finite rewards, got {r.size} '
-                     f'({int(np.sum(~np.isfinite(r)))} not finite).')
+    raise UserError(f'Reward statistics need >= 2 finite rewards, got {r.size} '
+                    f'({int(np.sum(~np.isfinite(r)))} not finite).')
   return RewardStats(float(r.mean()), float(max(r.std(), 1e-6)))
 
 

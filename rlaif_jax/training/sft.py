@@ -18,6 +18,7 @@ from rlaif_jax.generation import scoring
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.training import step as step_lib
+from rlaif_jax.infra.errors import UserError
 
 
 class DemonstrationBatch(NamedTuple):
@@ -46,7 +47,7 @@ def encode(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], pro
   end-of-turn token (the tokenizer's eos), prompts longer than `prompt_length` keep their end."""
   eos = tokenizer.eos_token_id
   if eos is None:
-    raise ValueError('SFT needs a tokenizer with an eos token to end responses.')
+    raise UserError('SFT needs a tokenizer with an eos token to end responses.')
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
   prompt_ids = [ids[-prompt_length:] for ids in text_lib.encode_texts(tokenizer, prompts, chat)]
   tokens, valid = text_lib.left_pad(prompt_ids, prompt_length, pad)

@@ -14,6 +14,7 @@ from flax import nnx
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.training.state import TrainState, init_state, train_state_shardings
+from rlaif_jax.infra.errors import UserError
 
 
 def apply_gradients(optimizer: optax.GradientTransformation, state: TrainState, grads: Any,
@@ -40,8 +41,8 @@ def split_micro_batches(batch: Any, micro_batches: int) -> Any:
   def one(x):
     b = x.shape[0]
     if b % micro_batches:
-      raise ValueError(f'A batch of {b} rows does not split into {micro_batches} micro-batches; '
-                       f'make the batch size a multiple of the micro_batches setting.')
+      raise UserError(f'A batch of {b} rows does not split into {micro_batches} micro-batches; '
+                      f'make the batch size a multiple of the micro_batches setting.')
     return x.reshape(b // micro_batches, micro_batches, *x.shape[1:]).swapaxes(0, 1)
   return jax.tree.map(one, batch)
 

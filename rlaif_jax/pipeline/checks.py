@@ -1,0 +1,98 @@
+"""What the config alone shows to be wrong, found before any stage runs (a typo in rl.algorithm fails
+in a second, not after sft, label and the reward model have run). Each problem is a UserError that
+names the key or file and the fix."""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from rlaif_jax.infra import checkpoints, storage
+from rlaif_jax.infra.errors import MissingInput, UserError
+from rlaif_jax.models.config import to_dtype
+from rlaif_jax.rl.config import RLConfig
+
+TRAINING = ('sft', 'reward_model', 'rl')
+NEEDS_JUDGE = ('label', 'eval')
+
+
+def check_config(config: ml_collections.ConfigDict, stages: tuple[str, ...]) -> None:
+  """Every check below that applies to config.stages; the first problem found is raised."""
+  unknown = [s for s in config.stages if s not in stages]
+  if unknown:
+    raise UserError(f'Unknown stage(s) {unknown} in config.stages; stages are {list(stages)}.')
+  if config.checkpoint.restore_from:
+    checkpoints.stage_of(config.checkpoint.restore_from, check=True)
+  run = set(config.stages)
+  _check_dtypes(config, run)
+  if 'rl' in run:
+    _check_rl(config)
+  if 'reward_model' in run:
+    _divides(config.reward_model.batch_size, config.reward_model.micro_batches,
+             'reward_model.batch_size', 'reward_model.micro_batches')
+  if config.judge.constitution and (run & {'sft', 'label', *NEEDS_JUDGE}):
+    _exists(constitution_path(config.judge.constitution), 'judge.constitution')
+  if 'sft' in run and config.sft.data != 'revisions':
+    _exists(config.sft.data, 'sft.data')
+  if 'sft' in run and config.sft.data == 'revisions' and not config.judge.constitution:
+    raise UserError("sft.data='revisions' needs a constitution: set judge.constitution (e.g. "
+                    "configs/constitutions/harmless.txt) or give sft.data a JSONL of demonstrations.")
+  if 'eval' in run and config.eval.human_pairs:
+    _exists(config.eval.human_pairs, 'eval.human_pairs')
+
+
+def constitution_path(path: str) -> str:
+  """A constitution path as given, or relative to the repository when it is not found as given."""
+  import os
+  if storage.is_url(path) or os.path.isabs(path) or os.path.exists(path):
+    return path
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return os.path.join(root, path)
+
+
+def check_workdir(workdir: storage.PathLike) -> None:
+  """The workdir exists (made if need be) and takes a file: an unwritable one fails now, naming the
+  flag, rather than at the first checkpoint."""
+  try:
+    storage.makedirs(workdir)
+    storage.write_text(storage.path(workdir) / '.rlaif_jax_write_test', 'ok\n')
+  except OSError as e:
+    raise UserError(f'--workdir={workdir}: cannot write there ({e.strerror or e}); give a folder '
+                    f'(or gs:// / s3:// URL) this user can write to.') from e
+
+
+def _check_dtypes(config: ml_collections.ConfigDict, run: set[str]) -> None:
+  m = config.model
+  for section, key in (('model', 'param_dtype'), ('model', 'dtype'), ('model', 'frozen_param_dtype'),
+                       ('judge', 'param_dtype'), ('judge', 'dtype')):
+    if config[section][key]:
+      try:
+        to_dtype(config[section][key])
+      except UserError as e:
+        raise UserError(f'{section}.{key}: {e}') from None
+  if run & set(TRAINING) and np.dtype(to_dtype(m.param_dtype)).itemsize < 4:
+    raise UserError(
+        f'model.param_dtype={m.param_dtype} would keep the trained weights and AdamW moments in '
+        f'{m.param_dtype}, where small updates round away; keep it float32 and set model.dtype='
+        f'bfloat16 for bfloat16 compute (frozen models: model.frozen_param_dtype, judge.param_dtype).')
+
+
+def _check_rl(config: ml_collections.ConfigDict) -> None:
+  cfg = RLConfig.from_config(config.rl)  # unknown algorithm, reward, value model...
+  rows = config.rl.batch_size * cfg.samples_per_prompt
+  _divides(rows, cfg.minibatches, f'rl.batch_size x rl.samples_per_prompt = {rows} rows',
+           'rl.minibatches')
+  _divides(rows // cfg.minibatches, cfg.micro_batches,
+           f'each minibatch ({rows // cfg.minibatches} rows)', 'rl.micro_batches')
+
+
+def _divides(n: int, parts: int, what: str, key: str) -> None:
+  if parts < 1 or n % parts:
+    raise UserError(f'{what} do not split into {key}={parts} equal parts; choose a {key} that '
+                    f'divides {n}.')
+
+
+def _exists(path: str, key: str) -> None:
+  if not storage.exists(path):
+    raise MissingInput(f'{key}={path!r} does not exist; fix the path (relative paths are from the '
+                       f'directory you run in).')
