@@ -39,9 +39,10 @@ def target_rewards(x: rewards.Responses) -> rewards.Rewards:
   return rewards.Rewards(s, s)
 
 
-def run_loop(cfg: rl_config.RLConfig, iterations: int, batch: int = 32, stop_tokens=()):
+def run_loop(cfg: rl_config.RLConfig, iterations: int, batch: int = 32, stop_tokens=(), model_cfg=CFG,
+             on_state=None):
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  policy = loading.random_model(CFG, 0, mesh)
+  policy = loading.random_model(model_cfg, 0, mesh)
   reference = jax.tree.map(jnp.copy, nnx.state(policy))  # frozen copy of the starting parameters
   value_model = loading.random_model(CFG, 1, mesh) if cfg.value_model == 'separate' else None
   settings = sampler.SamplingConfig(6, temperature=1.0, stop_tokens=stop_tokens)
@@ -59,6 +60,8 @@ def run_loop(cfg: rl_config.RLConfig, iterations: int, batch: int = 32, stop_tok
     state, kl_coef, metrics = loop.iteration(state, reference, kl_coef,
                                              text_lib.PromptBatch(tokens, np.ones_like(tokens, bool)), k)
     history.append(metrics)
+    if on_state is not None:
+      on_state(state)
   return history, loop
 
 
@@ -82,6 +85,23 @@ def test_policy_learns_the_target_token_with_bounded_kl(cfg):
   leashed, _ = run_loop(dataclasses.replace(cfg, kl_coef=0.2), iterations=30)
   assert max(h['kl'] for h in leashed) < 5.0
   assert np.mean([h['kl'] for h in leashed[-5:]]) < np.mean([h['kl'] for h in history[-5:]]) / 3
+
+
+def test_bfloat16_compute_with_float32_master_parameters_learns_like_float32():
+  cfg = rl_config.RLConfig('ppo', kl_coef=0.02)
+  snapshots = []
+  keep = lambda state: snapshots.append(hf_checkpoint.host_arrays(state.params['policy']))
+  history, _ = run_loop(cfg, iterations=30, model_cfg=CFG.replace(dtype='bfloat16'), on_state=keep)
+  start = np.mean([h['score'] for h in history[:3]])
+  end = np.mean([h['score'] for h in history[-3:]])
+  assert end > start + 0.3, (start, end)  # as test_policy_learns_the_target_token_with_bounded_kl
+  name = 'layers/0/mlp/down'
+  assert all(s[name].dtype == np.float32 for s in snapshots)  # the master copy stays float32
+  for before, after in zip(snapshots, snapshots[1:]):  # and moves at every step
+    assert not np.array_equal(before[name], after[name])
+  # what float32 master parameters avoid: an update this size vanishes in a bfloat16 weight
+  w = jnp.asarray(0.37, jnp.bfloat16)
+  assert w - jnp.asarray(1e-4, jnp.bfloat16) == w
 
 
 def test_ppo_with_a_separate_value_model_and_adaptive_kl():

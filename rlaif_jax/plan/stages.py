@@ -50,7 +50,9 @@ class Plan:
 
 @dataclasses.dataclass
 class Planning:
-  """What the stage planners share: the config, mesh, RL settings and the abstract models."""
+  """What the stage planners share: the config, mesh, RL settings and the abstract models: the
+  trained ones in model.param_dtype, the frozen ones (judge, reference policy, the reward model
+  during RL) in their own storage dtypes."""
   config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
   rules: Any
@@ -58,6 +60,8 @@ class Planning:
   policy: Any
   judge: Any
   reward: Any
+  reference: Any
+  frozen_reward: Any
 
   def weights(self, model: Any) -> int:
     """Bytes per device of a model's parameters."""
@@ -67,20 +71,21 @@ class Planning:
 def plan_models(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Planning:
   """The abstract policy (with a value head when PPO shares it), judge and reward model."""
   rules = shd.rules_from_config(config.logical_axis_rules)
-  m = config.model
+  m, j = config.model, config.judge
   common = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, logical_axis_rules=rules)
+  frozen = m.get('frozen_param_dtype') or m.param_dtype
   rl_cfg = RLConfig.from_config(config.rl)
   shared_head = rl_cfg.algorithm == 'ppo' and rl_cfg.value_model == 'shared'
-  policy = abstract_model(model_config(m.source, m.architecture, **common).replace(
-      scalar_head=shared_head))
-  judge = abstract_model(model_config(config.judge.source or m.source,
-                                      config.judge.get('architecture') or
-                                      (None if config.judge.source else m.architecture), **common))
+  policy_cfg = model_config(m.source, m.architecture, **common).replace(scalar_head=shared_head)
+  judge_cfg = model_config(j.source or m.source, j.get('architecture') or
+                           (None if j.source else m.architecture), **common).replace(
+      param_dtype=j.get('param_dtype') or frozen, dtype=j.get('dtype') or m.dtype)
   rm_arch = config.reward_model.get('architecture') or (
       None if config.reward_model.source else m.architecture)
-  reward = abstract_model(model_config(config.reward_model.source or m.source, rm_arch,
-                                       scalar_head=True, **common))
-  return Planning(config, mesh, rules, rl_cfg, policy, judge, reward)
+  rm_cfg = model_config(config.reward_model.source or m.source, rm_arch, scalar_head=True, **common)
+  return Planning(config, mesh, rules, rl_cfg, abstract_model(policy_cfg), abstract_model(judge_cfg),
+                  abstract_model(rm_cfg), abstract_model(policy_cfg.replace(param_dtype=frozen)),
+                  abstract_model(rm_cfg.replace(param_dtype=frozen)))
 
 
 def sampler_steps(p: Planning, stage: str, rows: int, settings: ml_collections.ConfigDict,
@@ -142,9 +147,9 @@ def rl_scoring_steps(p: Planning, response: tuple, w_state: int, w_policy: int, 
                      value) -> list[Step]:
   """The reference log-probs, PPO's old-values pass (when the update runs one) and the reward."""
   others = w_policy + scorer_weights
-  score = scoring.jit_token_scores(p.policy, p.mesh).jitted
+  score = scoring.jit_token_scores(p.reference, p.mesh).jitted
   steps = [compile_step(Step('rl', 'score: reference log-probs', 1, w_state + scorer_weights), score,
-                        (abstract_arrays(nnx.state(p.policy)), *response), p.mesh)]
+                        (abstract_arrays(nnx.state(p.reference)), *response), p.mesh)]
   if p.rl.algorithm == 'ppo' and not values_from_first_step(p.rl):
     # the update's own forward pass for the old values (with one minibatch and no micro-batches
     # its first step gives them, at no cost)
@@ -154,9 +159,9 @@ def rl_scoring_steps(p: Planning, response: tuple, w_state: int, w_policy: int, 
         Step('rl', 'score: old values', 1, w_state - p.weights(critic) + others),
         fn, (abstract_arrays(nnx.state(critic)), *response), p.mesh))
   if p.rl.reward == 'reward_model':
-    fn = rewards.reward_model_rewards(p.reward, None, p.mesh, rm.RewardStats(0.0, 1.0)).jitted
+    fn = rewards.reward_model_rewards(p.frozen_reward, None, p.mesh, rm.RewardStats(0.0, 1.0)).jitted
     steps.append(compile_step(Step('rl', 'score: reward model', 1, w_state + w_policy), fn,
-                              (abstract_arrays(nnx.state(p.reward)), *response), p.mesh))
+                              (abstract_arrays(nnx.state(p.frozen_reward)), *response), p.mesh))
   else:  # d-RLAIF: the judge's 1-10 answer after each prompt + response
     c = p.config.rl
     steps.append(judge_step(p, Step('rl', 'score: judge (d-RLAIF)', 1, w_state + w_policy),
@@ -194,8 +199,9 @@ def rl_steps(p: Planning) -> list[Step]:
                                   value)
   w_state = device_bytes(jax.eval_shape(update.init), state_lib.train_state_shardings(
       {'policy': p.policy, **({'value': value} if value is not None else {})}, optimizer, p.mesh))
-  w_policy = p.weights(p.policy)
-  scorer_weights = p.weights(p.reward) if p.rl.reward == 'reward_model' else p.weights(p.judge)
+  w_policy = p.weights(p.reference)  # the frozen reference policy
+  scorer_weights = (p.weights(p.frozen_reward) if p.rl.reward == 'reward_model'
+                    else p.weights(p.judge))
   others = w_policy + scorer_weights  # the reference and the reward source stay on the chips
   n = c.sampling.max_new_tokens
   response = (S((rows, c.prompt_length), jnp.int32), S((rows, c.prompt_length), bool),

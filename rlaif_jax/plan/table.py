@@ -44,7 +44,9 @@ def advice(step: Step, plan: Plan, config: ml_collections.ConfigDict) -> str:
       tips.append(f'a smaller batch for this step: --config.{step.stage}.batch_size')
   if step.resident > 0.3 * budget:
     tips.append('the reference / reward / judge weights kept on the chips are large: shard them '
-                'further (fsdp) or use param_dtype=bfloat16')
+                'further (fsdp) or store these frozen models in bfloat16: '
+                '--config.model.frozen_param_dtype=bfloat16 --config.judge.param_dtype=bfloat16 '
+                '(trained models keep float32 master parameters)')
   return '; '.join(dict.fromkeys(tips)) or 'more devices'
 
 
@@ -62,7 +64,9 @@ def format_plan(plan: Plan, config: ml_collections.ConfigDict) -> str:
   lines = [f'Plan for {plan.topology}: {math.prod(plan.mesh.values())} x {chip.name} '
            f'({chip.hbm / GiB:.0f} GiB HBM, {chip.peak_flops / 1e12:.0f} TFLOP/s bf16, '
            f'{chip.bandwidth / 1e9:.0f} GB/s each), mesh {mesh}, MFU {mfu:.0%}, remat '
-           f'{config.model.remat}, {config.model.param_dtype} parameters, {config.model.dtype} compute',
+           f'{config.model.remat}, {config.model.param_dtype} trained parameters, '
+           f'{config.model.get("frozen_param_dtype") or config.model.param_dtype} frozen ones, '
+           f'{config.model.dtype} compute',
            'models: ' + ', '.join(f'{k} {b:.2f}B params ({_gib(d)} GiB/device)'
                                   for k, (b, d) in plan.models.items()), '']
   head = ('stage', 'step', 'x', 'args GiB', 'out GiB', 'temp GiB', 'other models GiB',
