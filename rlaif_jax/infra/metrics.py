@@ -4,13 +4,17 @@ One JSON object per line: {"stage": ..., "step": ..., <name>: <float>, ...}. Ten
 `<stage>/<name>` under `<workdir>/tensorboard`. A stage that resumes from a checkpoint at step s first
 drops its rows after s (they are written again, identically, by the resumed run), so the file of a
 run that was killed and restarted equals that of an uninterrupted run; TensorBoard purges those
-steps the same way. Only process 0 writes.
+steps the same way. Only process 0 writes. With a workdir in a bucket the event files are written
+locally and copied there when the stage's writer closes.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 
 from rlaif_jax.infra import distributed, storage
 
@@ -41,7 +45,10 @@ class Writer:
     if not self.active:
       return
     from tensorboardX import SummaryWriter  # pure Python event files, no TensorFlow
-    self.tb = SummaryWriter(str(workdir / 'tensorboard' / stage),
+    self.tb_dir = workdir / 'tensorboard' / stage
+    # event files are written locally; in a bucket they are copied there when the stage closes
+    self.tb_local = tempfile.mkdtemp(prefix='rlaif_jax_tb_') if storage.is_url(workdir) else None
+    self.tb = SummaryWriter(self.tb_local or str(self.tb_dir),
                             purge_step=None if resume_step is None else resume_step + 1)
 
   def write(self, step: int, metrics: dict) -> None:
@@ -62,6 +69,11 @@ class Writer:
   def close(self) -> None:
     if self.tb is not None:
       self.tb.close()
+      if self.tb_local is not None:
+        for name in sorted(os.listdir(self.tb_local)):
+          local = storage.path(os.path.join(self.tb_local, name))
+          storage.put_bytes(self.tb_dir / name, local.read_bytes())
+        shutil.rmtree(self.tb_local, ignore_errors=True)
     distributed.barrier(f'metrics {self.stage}')  # rows written are there for every reader
 
 
