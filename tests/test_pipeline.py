@@ -267,3 +267,53 @@ def test_jsonl_prompts_go_through_tfds_and_bad_rows_are_named(tmp_path):
   cfg.source = str(empty)
   with pytest.raises(ValueError, match='has no prompts'):
     prompts_lib.load_prompts(cfg, str(tmp_path))
+
+
+SHRINK = [  # every size of a shipped config, down to the tiny model and a few prompts
+    '--config.data.num_heldout=8', '--config.data.max_prompts=40', '--config.data.prompt_field=text',
+    '--config.judge.max_context_tokens=32', '--config.judge.max_response_tokens=16',
+    '--config.sft.num_examples=8', '--config.sft.steps=2', '--config.sft.batch_size=8',
+    '--config.sft.prompt_length=32', '--config.sft.response_length=16',
+    '--config.sft.sampling.max_new_tokens=8',
+    '--config.label.num_prompts=16', '--config.label.batch_size=8',
+    '--config.label.sampling.max_new_tokens=8',
+    '--config.reward_model.steps=2', '--config.reward_model.batch_size=8',
+    '--config.reward_model.max_length=48', '--config.reward_model.eval_fraction=0.25',
+    '--config.rl.iterations=2', '--config.rl.batch_size=8', '--config.rl.prompt_length=32',
+    '--config.rl.sampling.max_new_tokens=8', '--config.eval.num_prompts=8',
+    '--config.eval.sampling.max_new_tokens=8', '--config.checkpoint.interval=1']
+
+
+@pytest.mark.parametrize('config', ['tldr_summarization', 'tldr_summarization:drlaif', 'hh_dialogue'])
+def test_each_shipped_config_runs_all_its_stages_on_a_jsonl_of_prompts(tmp_path, tiny_hf_folder,
+                                                                        config):
+  import importlib
+  prompts = tmp_path / 'prompts.jsonl'
+  prompts.write_text(''.join(json.dumps({'text': f'{" ".join(tiny.WORDS[i:i + 5])} TL;DR:'}) + '\n'
+                             for i in range(40)))
+  name, _, arg = config.partition(':')
+  cmd = [sys.executable, '-m', 'rlaif_jax.main', f'--config=configs/{name}.py' + (f':{arg}' if arg else ''),
+         f'--workdir={tmp_path / "run"}', f'--config.model.source={tiny_hf_folder}',
+         f'--config.data.source={prompts}', *SHRINK]
+  r = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  stages = importlib.import_module(f'configs.{name}').get_config(arg or None).stages
+  summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
+  assert list(summary['stages']) == list(stages)
+  assert (tmp_path / 'run' / 'export' / 'model.safetensors').exists()
+  rl_rows = metrics.read(str(tmp_path / 'run'), 'rl')
+  assert [row['step'] for row in rl_rows] == [1, 2]
+  finite_rows(rl_rows, ('reward', 'kl'))
+
+
+def test_a_default_data_source_that_cannot_be_read_fails_in_seconds(tmp_path, tiny_hf_folder):
+  t0 = time.time()
+  r = subprocess.run([sys.executable, '-m', 'rlaif_jax.main', '--config=configs/tldr_summarization.py',
+                      f'--workdir={tmp_path}', f'--config.model.source={tiny_hf_folder}'], cwd=ROOT,
+                     env=_env(), capture_output=True, text=True, timeout=300)
+  seconds = time.time() - t0
+  assert r.returncode == 2
+  (error,) = [line for line in r.stderr.splitlines() if line.startswith('rlaif_jax: error:')]
+  assert "data.source='tfds:huggingface:trl_lib__tldr:train' cannot be read here" in error
+  assert 'JSONL' in error and len(error) < 500 and 'starting' not in r.stdout
+  print(f'failed in {seconds:.1f} s')
