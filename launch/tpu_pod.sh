@@ -18,4 +18,4 @@ ARGS=$(printf ' %q' "$@")
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command "
   set -e
   if [ -d $DIR/.git ]; then git -C $DIR pull -q; else git clone -q $REPO_URL $DIR; fi
-  cd $DIR && source launch/setup.sh tpu && python -m rlaif_jax.main $ARGS"
+  cd $DIR && source launch/setup.sh tpu,gcs && python -m rlaif_jax.main $ARGS"

@@ -5,9 +5,11 @@ optionally gzipped."""
 from __future__ import annotations
 
 import gzip
+import io
 import json
 from typing import NamedTuple
 
+from rlaif_jax.infra import storage
 from rlaif_jax.infra.errors import UserError
 
 
@@ -28,9 +30,10 @@ def split_dialogue(dialogue: str, marker: str = '\n\nAssistant:') -> tuple[str, 
 def read_human_pairs(path: str, limit: int | None = None) -> list[HumanPair]:
   """Human-labeled pairs from JSONL (optionally .gz): rows with `prompt`, `chosen`, `rejected`, or
   HH-RLHF rows whose `chosen` / `rejected` are whole dialogues ending in the two responses."""
-  opener = gzip.open if path.endswith('.gz') else open
+  raw = storage.path(path).open('rb')  # a local path or a URL
   pairs = []
-  with opener(path, 'rt', encoding='utf-8') as f:
+  with (gzip.open(raw, 'rt', encoding='utf-8') if str(path).endswith('.gz')
+        else io.TextIOWrapper(raw, encoding='utf-8')) as f:
     for n, line in enumerate(f, 1):
       if not line.strip():
         continue
