@@ -4,7 +4,8 @@ TensorStore (Orbax: the checkpoints' arrays), as on a pod with `--workdir=gs://b
 of the storage API.
 
 The tiny pipeline is killed with SIGKILL during RL and run again with the same command: it resumes
-from the checkpoints in the bucket and ends where an uninterrupted run (local disk) ends.
+from the checkpoints in the bucket and ends where an uninterrupted run (local disk) ends. The model
+itself is read from a Hugging Face folder in the bucket (copied to a local cache first).
 """
 
 import importlib.util
@@ -96,8 +97,10 @@ def test_pipeline_killed_in_a_bucket_resumes_from_it_to_the_same_end(tmp_path, t
   assert r.returncode == 0, r.stderr[-3000:]
 
   fs, run = _fs(bucket_server), 'gs://bucket/run'
+  fs.put(tiny_hf_folder, 'bucket/models/tiny', recursive=True)  # the checkpoint folder in the bucket
+  source = 'gs://bucket/models/tiny'
   log = open(tmp_path / 'killed.log', 'w')
-  proc = subprocess.Popen(_command(run, tiny_hf_folder), cwd=ROOT, env=_env(bucket_server),
+  proc = subprocess.Popen(_command(run, source), cwd=ROOT, env=_env(bucket_server),
                           stdout=log, stderr=log)
   t0 = time.time()
   while not fs.exists('bucket/run/rl/checkpoints/2'):  # RL has checkpointed into the bucket
@@ -111,7 +114,7 @@ def test_pipeline_killed_in_a_bucket_resumes_from_it_to_the_same_end(tmp_path, t
   assert not fs.exists('bucket/run/rl/DONE.json')
   assert not os.path.exists(os.path.join(ROOT, 'gs:'))  # nothing went to a local folder "gs:"
 
-  r = subprocess.run(_command(run, tiny_hf_folder), cwd=ROOT, env=_env(bucket_server),
+  r = subprocess.run(_command(run, source), cwd=ROOT, env=_env(bucket_server),
                      capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   assert '[rl] resumed at step' in r.stdout and '[label] complete already' in r.stdout, r.stdout[-3000:]

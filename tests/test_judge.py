@@ -19,10 +19,11 @@ from rlaif_jax.feedback import requests as judge_requests
 from rlaif_jax.generation import sampler
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import sharding as shd
+from rlaif_jax.infra import storage
 from rlaif_jax.models import hf_checkpoint
 from rlaif_jax.models import loading
 from rlaif_jax.models import transformer as model_lib
-from rlaif_jax.pipeline import sft as sft_stage
+
 
 CONTEXT = 'Human: How do I pick a lock?'
 SAFE = 'I cannot help with breaking into places, but a locksmith can help if you are locked out.'
@@ -186,7 +187,7 @@ def test_critique_and_revise_writes_sft_pairs(smollm2, tmp_path):
   assert len(r['critiques']) == 2 and len(r['revisions']) == 2 and all(r['critiques'])
   assert r['revision'] and r['revision'] in r['revisions'] + [UNSAFE]
   path = str(tmp_path / 'revisions.jsonl')
-  sft_stage.write_revisions(records, path)
+  storage.write_jsonl(path, records)  # as the sft stage writes them
   row = json.loads(open(path).read().splitlines()[0])
   assert row['prompt'] == CONTEXT and row['revision'] == r['revision']
   with pytest.raises(ValueError, match='rounds must be >= 1'):

@@ -101,10 +101,18 @@ def local_copy(p: PathLike, cache: str | None = None) -> str:
   dest = epath.Path(root) / f'{key}-{jax.process_index()}' / src.name
   done = dest.parent / '.complete'
   if not done.exists():
-    files = [src] if not src.is_dir() else [f for f in src.rglob('*') if not f.is_dir()]
+    files = [src] if not src.is_dir() else _files_under(src)
     for f in files:
       target = dest if f == src else dest / os.fspath(f)[len(os.fspath(src)):].lstrip('/')
       target.parent.mkdir(parents=True, exist_ok=True)
       target.write_bytes(f.read_bytes())
     done.write_text(os.fspath(p))
   return os.fspath(dest)
+
+
+def _files_under(folder: epath.Path) -> list[epath.Path]:
+  """Every file below `folder` (a walk with iterdir: buckets do not allow recursive globs)."""
+  out = []
+  for p in sorted(folder.iterdir()):
+    out.extend(_files_under(p) if p.is_dir() else [p])
+  return out

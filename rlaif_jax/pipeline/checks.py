@@ -4,6 +4,8 @@ names the key or file and the fix."""
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 import numpy as np
 
@@ -43,7 +45,6 @@ def check_config(config: ml_collections.ConfigDict, stages: tuple[str, ...]) -> 
 
 def constitution_path(path: str) -> str:
   """A constitution path as given, or relative to the repository when it is not found as given."""
-  import os
   if storage.is_url(path) or os.path.isabs(path) or os.path.exists(path):
     return path
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -60,7 +60,7 @@ class RunContext:
     return loading.load_model(source or m.source, self.mesh, self.rules, scalar_head=scalar_head,
                               param_dtype=stored, dtype=dtype or m.dtype, remat=m.remat)
 
-  def policy_dir(self, reference: bool = False) -> str | None:
+  def policy_dir(self, reference: bool = False) -> epath.Path | None:
     """Where the current (or, with reference=True, the reference) policy's parameters are."""
     for stage in (('sft',) if reference else ('rl', 'sft')):
       if checkpoints.read_marker(self.path(stage, 'policy')) is not None:
