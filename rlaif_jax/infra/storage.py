@@ -10,10 +10,12 @@ write is atomic by itself.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Iterable
 
+import jax
 from etils import epath
 
 from rlaif_jax.infra import distributed
@@ -91,8 +93,6 @@ def local_copy(p: PathLike, cache: str | None = None) -> str:
   (memory-mapped safetensors, tokenizers, GGUF)."""
   if not is_url(p):
     return os.fspath(p)
-  import hashlib
-  import jax
   src = path(p)
   if not src.exists():
     raise MissingInput(f'{p} does not exist (or this machine cannot read it).')
