@@ -58,13 +58,69 @@ def write_torch_llama(folder: str, tokenizer_dir: str, seed: int = 0, max_shard_
   return folder
 
 
+# Tiny configs of every family we load, each exercising what makes the family differ: biases, q/k
+# norms, head_dim != hidden / heads, sliding windows shorter than the tests' 24-token sequences,
+# soft-capping low enough that tanh bends, local/global rotary bases, linear rope scaling.
+FAMILY_CONFIGS = {
+    'llama': ('LlamaConfig', {}),
+    'qwen2': ('Qwen2Config', dict(tie_word_embeddings=False)),
+    'qwen2_tied_window': ('Qwen2Config', dict(tie_word_embeddings=True, use_sliding_window=True,
+                                              sliding_window=6, max_window_layers=1)),
+    'qwen3': ('Qwen3Config', dict(head_dim=16)),
+    'mistral': ('MistralConfig', dict(sliding_window=7)),
+    'gemma2': ('Gemma2Config', dict(head_dim=16, query_pre_attn_scalar=12, sliding_window=6,
+                                    attn_logit_softcapping=3.0, final_logit_softcapping=4.0,
+                                    tie_word_embeddings=True)),
+    'gemma3': ('Gemma3TextConfig', dict(
+        head_dim=16, query_pre_attn_scalar=12, sliding_window=6, num_hidden_layers=3,
+        layer_types=['sliding_attention', 'full_attention', 'sliding_attention'],
+        rope_parameters={'full_attention': {'rope_type': 'linear', 'factor': 2.0, 'rope_theta': 5000.0},
+                         'sliding_attention': {'rope_type': 'default', 'rope_theta': 100.0}},
+        tie_word_embeddings=True)),
+}
+
+
+def write_torch_family(folder: str, tokenizer_dir: str, family: str, seed: int = 0, **kw) -> str:
+  """A random tiny model of one family (FAMILY_CONFIGS), written by transformers' own PyTorch class
+  as a HF folder. Weights drawn at std 0.1 and norms/biases moved off their init, so a wrong
+  layout, a missing bias or norm, or an unapplied soft-cap changes the log-probs."""
+  import torch
+  import transformers
+  from transformers import AutoModelForCausalLM, AutoTokenizer
+  tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+  class_name, extra = FAMILY_CONFIGS[family]
+  base = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+              rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+              initializer_range=0.1)
+  if 'rope_parameters' not in extra:
+    base['rope_theta'] = 500.0
+  base.update(extra, **kw)
+  config = getattr(transformers, class_name)(**base)
+  torch.manual_seed(seed)
+  model = AutoModelForCausalLM.from_config(config, attn_implementation='eager').float()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if 'norm' in name or name.endswith('bias'):
+        p.add_(0.2 * torch.randn_like(p))
+  model.save_pretrained(folder, safe_serialization=True)
+  tok.save_pretrained(folder)
+  return folder
+
+
+def torch_model(folder: str):
+  import torch
+  from transformers import AutoModelForCausalLM
+  return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                              attn_implementation='eager').eval()
+
+
 def torch_log_probs(folder_or_model, tokens: np.ndarray, valid: np.ndarray) -> np.ndarray:
   """Reference: transformers' PyTorch model, log-prob of each next token [B, T-1], float32."""
   import torch
-  from transformers import LlamaForCausalLM
   model = folder_or_model
   if isinstance(model, str):
-    model = LlamaForCausalLM.from_pretrained(model, dtype=torch.float32, attn_implementation='eager')
+    model = torch_model(model)
   model.eval()
   positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
   with torch.no_grad():

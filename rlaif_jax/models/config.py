@@ -1,5 +1,9 @@
-"""The architecture of one Llama-family model (what a Hugging Face `config.json` describes), the dtypes
-by name and the rematerialization policies a block can train with."""
+"""The architecture of one decoder model (what a Hugging Face `config.json` describes), the dtypes by
+name and the rematerialization policies a block can train with.
+
+One transformer covers every family we load (Llama, Qwen2/2.5, Qwen3, Mistral, Gemma 2, Gemma 3): a
+family is a few switches here (biases, q/k norms, norm offset, soft-capping, sliding windows,
+activation), set from config.json by `models.families`."""
 
 from __future__ import annotations
 
@@ -35,9 +39,14 @@ def to_dtype(name: str | Any) -> Any:
   return _DTYPES[name]
 
 
+ACTIVATIONS = ('silu', 'gelu_tanh', 'gelu')  # of the gated MLP: SwiGLU, GeGLU (tanh or exact GELU)
+LAYER_TYPES = ('full', 'sliding')  # attention over every earlier token, or the last sliding_window
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Architecture of one Llama-family model (what a Hugging Face `config.json` describes)."""
+  """Architecture of one decoder model (what a Hugging Face `config.json` describes). The defaults
+  are Llama's; `models.families` sets the switches of the other families."""
   vocab_size: int
   hidden_size: int
   intermediate_size: int
@@ -50,6 +59,19 @@ class ModelConfig:
   rms_norm_eps: float = 1e-5
   tie_word_embeddings: bool = False
   max_position_embeddings: int = 2048
+  family: str = 'llama'  # Hugging Face model_type we were loaded from and export as
+  attention_bias: bool = False  # biases on the q, k, v projections (Qwen2)
+  qk_norm: bool = False  # RMSNorm over head_dim on queries and keys before rotary (Qwen3, Gemma 3)
+  norm_offset: float = 0.0  # norms scale by (offset + weight): Gemma stores weight - 1
+  embed_scale: bool = False  # embeddings times sqrt(hidden_size) (Gemma)
+  activation: str = 'silu'  # gate activation of the MLP: see ACTIVATIONS
+  sandwich_norms: bool = False  # also norm the attention and MLP outputs before the residual (Gemma)
+  attn_softcap: float = 0.0  # attention scores -> cap * tanh(scores / cap); 0 = off (Gemma 2)
+  final_softcap: float = 0.0  # the same on the output logits (Gemma 2)
+  query_pre_attn_scalar: float = 0.0  # scores scaled by its -1/2 power; 0 = head_dim (Gemma)
+  sliding_window: int = 0  # keys a 'sliding' layer attends (this token and window - 1 before)
+  layer_types: tuple[str, ...] = ()  # per layer, see LAYER_TYPES; () = all 'full'
+  rope_local_theta: float = 0.0  # rotary base of 'sliding' layers, unscaled; 0 = as 'full' (Gemma 3)
   param_dtype: str = 'float32'  # storage dtype of the parameters
   dtype: str = 'float32'  # compute dtype of matmuls and activations (softmax and norms run in float32)
   scalar_head: bool = False  # adds a [E] -> [] head on the final hidden state
@@ -61,8 +83,19 @@ class ModelConfig:
       raise UserError(f'num_heads={self.num_heads} is not a multiple of num_kv_heads='
                       f'{self.num_kv_heads}; grouped-query attention needs it to be.')
     to_dtype(self.param_dtype), to_dtype(self.dtype)
+    if self.activation not in ACTIVATIONS:
+      raise UserError(f'Unknown activation {self.activation!r}; supported: {ACTIVATIONS}.')
+    if self.layer_types and (len(self.layer_types) != self.num_layers
+                             or set(self.layer_types) - set(LAYER_TYPES)):
+      raise UserError(f'layer_types {self.layer_types} must name one of {LAYER_TYPES} for each of '
+                      f'the {self.num_layers} layers.')
+    if 'sliding' in self.layer_types and self.sliding_window < 1:
+      raise UserError('Sliding-window layers need sliding_window >= 1.')
     if self.remat not in REMAT_POLICIES:
       raise UserError(f'Unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}.')
+
+  def layer_type(self, layer: int) -> str:
+    return self.layer_types[layer] if self.layer_types else 'full'
 
   def replace(self, **kw) -> 'ModelConfig':
     return dataclasses.replace(self, **kw)

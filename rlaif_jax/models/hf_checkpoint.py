@@ -1,7 +1,8 @@
 """Hugging Face checkpoint folders in and out (config.json + safetensors + tokenizer files).
 
-The name/layout table `weight_table(cfg)` is the one place that says how a `LlamaForCausalLM` tensor
-maps onto our parameters; loading applies it forwards and export applies it backwards.
+The name/layout table (`families.weight_names`, made into converters by `weight_table(cfg)`) is the
+one place that says how a checkpoint's tensors map onto our parameters; loading applies it forwards
+and export applies it backwards, for every family.
 """
 
 from __future__ import annotations
@@ -17,64 +18,18 @@ import numpy as np
 
 from rlaif_jax.infra import distributed, storage
 from rlaif_jax.infra import sharding as shd
-from rlaif_jax.models import safetensors_io
+from rlaif_jax.models import families, safetensors_io
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.infra.errors import MissingInput, UserError
 
-SUPPORTED_ARCHITECTURES = ('LlamaForCausalLM', 'LlamaForSequenceClassification')
-SUPPORTED_MODEL_TYPES = ('llama',)
-
-
 def config_from_hf(hf: Mapping[str, Any], source: str = 'config.json', **overrides) -> ModelConfig:
-  """Our ModelConfig from a Hugging Face config dict; a clear error for what we cannot run."""
-  model_type = hf.get('model_type')
-  archs = hf.get('architectures') or []
-  if model_type not in SUPPORTED_MODEL_TYPES or (archs and not set(archs) & set(SUPPORTED_ARCHITECTURES)):
-    raise UserError(f'{source}: unsupported architecture (model_type={model_type!r}, '
-                    f'architectures={archs}); rlaif_jax supports {SUPPORTED_ARCHITECTURES} '
-                    f'(model_type {SUPPORTED_MODEL_TYPES}).')
-  for flag in ('attention_bias', 'mlp_bias'):
-    if hf.get(flag):
-      raise UserError(f'{source}: {flag}=true is not supported by the Llama-family model.')
-  if hf.get('hidden_act', 'silu') != 'silu':
-    raise UserError(f'{source}: hidden_act={hf["hidden_act"]!r} is not supported (only silu).')
-  missing = [k for k in ('vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers',
-                         'num_attention_heads') if k not in hf]
-  if missing:
-    raise UserError(f'{source} lacks required keys {missing}.')
-  rope = dict(hf.get('rope_parameters') or {})  # transformers 5 layout
-  rope_theta = rope.pop('rope_theta', hf.get('rope_theta', 10000.0))
-  scaling = rope or dict(hf.get('rope_scaling') or {})
-  if scaling.get('rope_type', scaling.get('type', 'default')) == 'default':
-    scaling = {}
-  heads = hf['num_attention_heads']
-  kw = dict(
-      vocab_size=hf['vocab_size'], hidden_size=hf['hidden_size'],
-      intermediate_size=hf['intermediate_size'], num_layers=hf['num_hidden_layers'],
-      num_heads=heads, num_kv_heads=hf.get('num_key_value_heads') or heads,
-      head_dim=hf.get('head_dim') or hf['hidden_size'] // heads, rope_theta=float(rope_theta),
-      rope_scaling=tuple(sorted(scaling.items())) or None, rms_norm_eps=hf.get('rms_norm_eps', 1e-6),
-      tie_word_embeddings=bool(hf.get('tie_word_embeddings', False)),
-      max_position_embeddings=hf.get('max_position_embeddings', 2048))
-  kw.update(overrides)
-  return ModelConfig(**kw)
+  """Our ModelConfig from a Hugging Face config dict (any family in `models.families`)."""
+  return families.config_from_hf(hf, source, **overrides)
 
 
 def config_to_hf(cfg: ModelConfig, tokenizer: Any = None) -> dict[str, Any]:
-  """A `LlamaForCausalLM` config.json dict for our config."""
-  rope = {'rope_theta': cfg.rope_theta, 'rope_type': 'default'}
-  if cfg.rope_scaling:
-    rope.update(dict(cfg.rope_scaling))
-  out = {
-      'architectures': ['LlamaForCausalLM'], 'model_type': 'llama', 'vocab_size': cfg.vocab_size,
-      'hidden_size': cfg.hidden_size, 'intermediate_size': cfg.intermediate_size,
-      'num_hidden_layers': cfg.num_layers, 'num_attention_heads': cfg.num_heads,
-      'num_key_value_heads': cfg.num_kv_heads, 'head_dim': cfg.head_dim, 'hidden_act': 'silu',
-      'max_position_embeddings': cfg.max_position_embeddings, 'rms_norm_eps': cfg.rms_norm_eps,
-      'rope_theta': cfg.rope_theta, 'rope_parameters': rope,
-      'tie_word_embeddings': cfg.tie_word_embeddings, 'attention_bias': False, 'mlp_bias': False,
-      'torch_dtype': cfg.param_dtype, 'dtype': cfg.param_dtype,
-  }
+  """A config.json dict for transformers' causal-LM class of our config's family."""
+  out = families.config_to_hf(cfg)
   if tokenizer is not None:
     for key in ('bos_token_id', 'eos_token_id', 'pad_token_id'):
       if getattr(tokenizer, key, None) is not None:
@@ -85,33 +40,24 @@ def config_to_hf(cfg: ModelConfig, tokenizer: Any = None) -> dict[str, Any]:
 Convert = Callable[[np.ndarray], np.ndarray]
 
 
-def weight_table(cfg: ModelConfig) -> list[tuple[str, str, Convert, Convert]]:
+def _layouts(cfg: ModelConfig) -> dict[str, tuple[Convert, Convert]]:
+  """HF -> ours and ours -> HF for each layout `families.weight_names` names."""
+  e, d = cfg.hidden_size, cfg.head_dim
+  a = np.asarray
+  return {
+      'same': (a, a),
+      'T': (lambda w: a(w).T, lambda w: a(w).T),
+      'in': (lambda w: a(w).T.reshape(e, -1, d), lambda w: a(w).reshape(e, -1).T),
+      'out': (lambda w: a(w).T.reshape(-1, d, e), lambda w: a(w).reshape(-1, e).T),
+      'bias': (lambda w: a(w).reshape(-1, d), lambda w: a(w).reshape(-1)),
+  }
+
+
+def weight_table(cfg: ModelConfig, prefix: str = 'model.') -> list[tuple[str, str, Convert, Convert]]:
   """(our parameter path, HF tensor name, HF->ours, ours->HF) for every parameter."""
-  e, h, k, d, = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-  same = lambda w: w
-  t = lambda w: np.asarray(w).T
-  rows = [('embed', 'model.embed_tokens.weight', same, same),
-          ('final_norm/scale', 'model.norm.weight', same, same)]
-  if not cfg.tie_word_embeddings:
-    rows.append(('lm_head', 'lm_head.weight', t, t))
-  for i in range(cfg.num_layers):
-    p, q = f'layers/{i}/', f'model.layers.{i}.'
-    rows += [
-        (p + 'attn_norm/scale', q + 'input_layernorm.weight', same, same),
-        (p + 'mlp_norm/scale', q + 'post_attention_layernorm.weight', same, same),
-        (p + 'attn/q', q + 'self_attn.q_proj.weight',
-         lambda w: t(w).reshape(e, h, d), lambda w: np.asarray(w).reshape(e, h * d).T),
-        (p + 'attn/k', q + 'self_attn.k_proj.weight',
-         lambda w: t(w).reshape(e, k, d), lambda w: np.asarray(w).reshape(e, k * d).T),
-        (p + 'attn/v', q + 'self_attn.v_proj.weight',
-         lambda w: t(w).reshape(e, k, d), lambda w: np.asarray(w).reshape(e, k * d).T),
-        (p + 'attn/o', q + 'self_attn.o_proj.weight',
-         lambda w: t(w).reshape(h, d, e), lambda w: np.asarray(w).reshape(h * d, e).T),
-        (p + 'mlp/gate', q + 'mlp.gate_proj.weight', t, t),
-        (p + 'mlp/up', q + 'mlp.up_proj.weight', t, t),
-        (p + 'mlp/down', q + 'mlp.down_proj.weight', t, t),
-    ]
-  if cfg.scalar_head:  # LlamaForSequenceClassification's `score` [1, E] (no bias)
+  layouts = _layouts(cfg)
+  rows = [(ours, hf, *layouts[layout]) for ours, hf, layout in families.weight_names(cfg, prefix)]
+  if cfg.scalar_head:  # {Family}ForSequenceClassification's `score` [1, E] (no bias)
     rows.append(('scalar_head', 'score.weight', lambda w: np.asarray(w).reshape(-1),
                  lambda w: np.asarray(w).reshape(1, -1)))
   return rows
@@ -139,11 +85,12 @@ class LazyWeights(Mapping):
 def map_weights(cfg: ModelConfig, tensors: Mapping[str, np.ndarray], source: str,
                 optional: tuple[str, ...] = ('scalar_head', 'scalar_bias')) -> LazyWeights:
   """Apply the weight table to source tensors (HF names); list every missing tensor in one error."""
-  table = weight_table(cfg)
+  table = weight_table(cfg, families.weight_prefix(tensors, cfg))
   missing = [hf for ours, hf, _, _ in table if hf not in tensors and ours not in optional]
   if missing:
     shown = ', '.join(missing[:10]) + (f' ... ({len(missing)} in all)' if len(missing) > 10 else '')
-    raise UserError(f'{source}: missing tensors for a {cfg.num_layers}-layer Llama model: {shown}.')
+    raise UserError(f'{source}: missing tensors for a {cfg.num_layers}-layer {cfg.family} model: '
+                    f'{shown}.')
   items = {}
   for ours, hf, to_ours, _ in table:
     if hf in tensors:
@@ -198,7 +145,7 @@ def host_arrays(state: Any) -> dict[str, np.ndarray]:
 
 def export_folder(state: Any, cfg: ModelConfig, folder: storage.PathLike, tokenizer: Any = None,
                   max_shard_bytes: int = 4 << 30) -> None:
-  """Write params as a folder that transformers' `LlamaForCausalLM.from_pretrained` loads (a local
+  """Write params as a folder that transformers' `{Family}ForCausalLM.from_pretrained` loads (a local
   folder or a URL). Collective with several processes: all gather the weights, process 0 writes."""
   arrays = host_arrays(state)
   cfg = cfg.replace(scalar_head=False)  # the export is a causal LM; a scalar head stays ours

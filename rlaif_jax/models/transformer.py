@@ -1,8 +1,11 @@
-"""A Llama-family decoder-only transformer in Flax NNX.
+"""The decoder-only transformer in Flax NNX, one model for every family we load.
 
-Covers Llama 2/3, SmolLM2 and other checkpoints of the `LlamaForCausalLM` family: RMSNorm, rotary
-embeddings (theta from the checkpoint, optional Llama-3 frequency scaling), grouped-query attention,
-SwiGLU MLP, tied or untied embeddings, and an optional scalar head (value function / reward model).
+Llama 2/3 and SmolLM2 are the base: RMSNorm, rotary embeddings (theta from the checkpoint, Llama-3 or
+linear frequency scaling), grouped-query attention, SwiGLU MLP, tied or untied embeddings, and an
+optional scalar head (value function / reward model). The other families are switches of
+`ModelConfig`: q/k/v biases (Qwen2), q/k RMSNorm (Qwen3, Gemma 3), (1 + weight) norms, scaled
+embeddings, GeGLU, norms around both sublayers, score and logit soft-capping, per-layer sliding-window
+attention with its own rotary base (Gemma 2/3, Mistral).
 
 Every parameter carries logical axis names in its `logical_axes` metadata; `infra.sharding` turns
 them into mesh shardings with the config's rules table. Activations are constrained through the same
@@ -71,27 +74,43 @@ def _param(rngs: nnx.Rngs, shape, axes, cfg: ModelConfig, scale: float | None = 
 
 
 class RMSNorm(nnx.Module):
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    self.scale = _param(rngs, (cfg.hidden_size,), ('norm',), cfg, ones=True)
-    self.eps = cfg.rms_norm_eps
+  """RMSNorm over the last axis (hidden_size, or head_dim for q/k norms), scaled by
+  (cfg.norm_offset + weight) in float32."""
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, size: int | None = None,
+               axis_name: str = 'norm'):
+    size = size or cfg.hidden_size
+    if cfg.norm_offset:  # stored as weight - offset: starts at 0
+      self.scale = nnx.Param(jnp.zeros((size,), to_dtype(cfg.param_dtype)), logical_axes=(axis_name,))
+    else:
+      self.scale = _param(rngs, (size,), (axis_name,), cfg, ones=True)
+    self.eps, self.offset = cfg.rms_norm_eps, cfg.norm_offset
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+    return (y * (self.offset + self.scale[...].astype(jnp.float32))).astype(x.dtype)
 
 
-def rope_frequencies(cfg: ModelConfig) -> jax.Array:
-  """Inverse frequencies [D/2], with Llama-3 `rope_scaling` applied when the checkpoint has it."""
-  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim))
-  if not cfg.rope_scaling:
+ROPE_TYPES = ('default', 'linear', 'llama3')
+
+
+def rope_frequencies(cfg: ModelConfig, layer_type: str = 'full') -> jax.Array:
+  """Inverse frequencies [D/2] of a layer: for 'full' layers with the checkpoint's `rope_scaling`
+  (Llama-3 or linear); 'sliding' layers use rope_local_theta unscaled when the config sets it."""
+  local = layer_type == 'sliding' and cfg.rope_local_theta
+  theta = cfg.rope_local_theta if local else cfg.rope_theta
+  inv = 1.0 / (theta ** (jnp.arange(0, cfg.head_dim, 2, dtype=jnp.float32) / cfg.head_dim))
+  if not cfg.rope_scaling or local:
     return inv
   rs = dict(cfg.rope_scaling)
   kind = rs.get('rope_type', rs.get('type'))
   if kind in (None, 'default'):
     return inv
-  if kind != 'llama3':
-    raise UserError(f'rope_scaling type {kind!r} is not supported (supported: llama3).')
+  if kind not in ROPE_TYPES:
+    raise UserError(f'rope_scaling type {kind!r} is not supported (supported: {ROPE_TYPES}).')
+  if kind == 'linear':
+    return inv / rs['factor']
   factor, lo, hi = rs['factor'], rs['low_freq_factor'], rs['high_freq_factor']
   old = rs['original_max_position_embeddings']
   wavelen = 2 * math.pi / inv
@@ -144,23 +163,56 @@ def _project(x: jax.Array, w: jax.Array) -> jax.Array:
   return _proj(x, w.reshape(e, n * d)).reshape(*x.shape[:-1], n, d)
 
 
+def _softcap(x: jax.Array, cap: float) -> jax.Array:
+  return cap * jnp.tanh(x / cap) if cap else x
+
+
 class Attention(nnx.Module):
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, layer_type: str = 'full'):
     e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.q = _param(rngs, (e, h, d), ('embed', 'heads', 'head_dim'), cfg)
     self.k = _param(rngs, (e, k, d), ('embed', 'kv_heads', 'head_dim'), cfg)
     self.v = _param(rngs, (e, k, d), ('embed', 'kv_heads', 'head_dim'), cfg)
     self.o = _param(rngs, (h, d, e), ('heads', 'head_dim', 'embed'), cfg, scale=h * d)
+    if cfg.attention_bias:
+      zeros = lambda n, axis: nnx.Param(jnp.zeros((n, d), to_dtype(cfg.param_dtype)),
+                                        logical_axes=(axis, 'head_dim'))
+      self.q_bias, self.k_bias, self.v_bias = zeros(h, 'heads'), zeros(k, 'kv_heads'), zeros(k, 'kv_heads')
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(cfg, rngs, d, 'head_dim')
+      self.k_norm = RMSNorm(cfg, rngs, d, 'head_dim')
     self.cfg = cfg
+    self.window = cfg.sliding_window if layer_type == 'sliding' else 0
+    self.scale = (cfg.query_pre_attn_scalar or d) ** -0.5
 
   def project(self, x, positions, inv_freq):
     """x: [B, T, E] -> q [B, T, H, D], k and v [B, K, T, D], rotary embedding applied."""
-    dt, rules = to_dtype(self.cfg.dtype), self.cfg.logical_axis_rules
+    cfg = self.cfg
+    dt, rules = to_dtype(cfg.dtype), cfg.logical_axis_rules
     q, k, v = (_project(x, w[...].astype(dt)) for w in (self.q, self.k, self.v))
+    if cfg.attention_bias:
+      q, k, v = (y + b[...].astype(dt) for y, b in ((q, self.q_bias), (k, self.k_bias), (v, self.v_bias)))
+    if cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
     q = shd.constrain(apply_rope(q, positions, inv_freq), ('batch', 'length', 'act_heads', None), rules)
     kv_axes = ('batch', 'act_kv_heads', 'length', None)
     k = shd.constrain(apply_rope(k, positions, inv_freq).transpose(0, 2, 1, 3), kv_axes, rules)
     return q, k, shd.constrain(v.transpose(0, 2, 1, 3), kv_axes, rules)
+
+  def windowed(self, mask: jax.Array, q_start: jax.Array | int = 0) -> jax.Array:
+    """The mask [B, T, S] of a sliding layer: also key slot > query slot - window, where queries sit
+    at slots q_start.. (cache slots, as transformers counts them; positions ignore padding)."""
+    if not self.window:
+      return mask
+    t, s = mask.shape[1:]
+    q_slot = q_start + jnp.arange(t, dtype=jnp.int32)
+    near = q_slot[:, None] - jnp.arange(s, dtype=jnp.int32)[None, :] < self.window
+    return mask & near[None]
+
+  def _scores(self, scores: jax.Array, mask: jax.Array) -> jax.Array:
+    """Raw q.k [B, K, G, T, S] -> scaled, soft-capped, masked float32 scores."""
+    scores = _softcap(scores.astype(jnp.float32) * self.scale, self.cfg.attn_softcap)
+    return jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
 
   def attend(self, q, k, v, mask):
     """q [B, T, H, D] over k and v [B, K, S, D]; mask [B, T, S] (True = may attend) -> [B, T, E]."""
@@ -168,8 +220,7 @@ class Attention(nnx.Module):
     b, t, h, d = q.shape
     kvh = k.shape[1]
     qg = q.reshape(b, t, kvh, h // kvh, d)
-    scores = jnp.einsum('btkgd,bksd->bkgts', qg, k.astype(dt)).astype(jnp.float32) / math.sqrt(d)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    scores = self._scores(jnp.einsum('btkgd,bksd->bkgts', qg, k.astype(dt)), mask)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     out = jnp.einsum('bkgts,bksd->btkgd', probs, v.astype(dt)).reshape(b, t, h, d)
     return self.output(out)
@@ -181,8 +232,7 @@ class Attention(nnx.Module):
     kvh = k_cache.shape[1]
     qg = q.reshape(b, t, kvh, h // kvh, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, D]
     scores = jnp.sum(qg[..., None] * k_cache[:, :, None, None].astype(dt), axis=4)  # [B, K, G, T, S]
-    scores = scores.astype(jnp.float32) / math.sqrt(d)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    scores = self._scores(scores, mask)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     out = jnp.sum(probs[..., None] * v_cache[:, :, None, None].astype(dt), axis=4)  # [B, K, G, T, D]
     return self.output(out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d))
@@ -196,6 +246,13 @@ class Attention(nnx.Module):
     return _proj(out.reshape(b, t, h * d), self.o[...].astype(dt).reshape(h * d, -1))
 
 
+ACTIVATION_FNS = {
+    'silu': jax.nn.silu,
+    'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),
+    'gelu': lambda x: jax.nn.gelu(x, approximate=False),
+}
+
+
 class MLP(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     e, m = cfg.hidden_size, cfg.intermediate_size
@@ -206,32 +263,44 @@ class MLP(nnx.Module):
 
   def __call__(self, x):
     dt = to_dtype(self.cfg.dtype)
-    h = jax.nn.silu(_proj(x, self.gate[...].astype(dt))) * _proj(x, self.up[...].astype(dt))
+    h = ACTIVATION_FNS[self.cfg.activation](_proj(x, self.gate[...].astype(dt))) * _proj(
+        x, self.up[...].astype(dt))
     h = shd.constrain(h, ('batch', 'length', 'act_mlp'), self.cfg.logical_axis_rules)
     return _proj(h, self.down[...].astype(dt))
 
 
 class Block(nnx.Module):
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, layer: int = 0):
+    self.layer_type = cfg.layer_type(layer)
     self.attn_norm = RMSNorm(cfg, rngs)
-    self.attn = Attention(cfg, rngs)
+    self.attn = Attention(cfg, rngs, self.layer_type)
     self.mlp_norm = RMSNorm(cfg, rngs)
     self.mlp = MLP(cfg, rngs)
-    self.rules = cfg.logical_axis_rules
+    if cfg.sandwich_norms:
+      self.attn_out_norm = RMSNorm(cfg, rngs)
+      self.mlp_out_norm = RMSNorm(cfg, rngs)
+    self.rules, self.sandwich = cfg.logical_axis_rules, cfg.sandwich_norms
 
   def __call__(self, x, positions, mask, inv_freq, cache: KVCache | None = None, layer: int = 0,
                prefill: bool = False):
-    q, k, v = self.attn.project(self.attn_norm(x), positions, inv_freq)
+    """inv_freq: {layer type: [D/2]}; this block uses its own type's."""
+    q, k, v = self.attn.project(self.attn_norm(x), positions, inv_freq[self.layer_type])
     if cache is None:
-      a = self.attn.attend(q, k, v, mask)
+      a = self.attn.attend(q, k, v, self.attn.windowed(mask))
     elif prefill:  # empty cache: attend within the chunk (no masked cache slots), then store it
       cache = cache.write(layer, k.swapaxes(2, 3), v)
-      a = self.attn.attend(q, k, v, mask[:, :, :x.shape[1]])
+      a = self.attn.attend(q, k, v, self.attn.windowed(mask[:, :, :x.shape[1]]))
     else:  # decode: write this chunk into the cache in place, attend over the whole cache
       cache = cache.write(layer, k.swapaxes(2, 3), v)
-      a = self.attn.attend_cache(q, cache.k[layer], cache.v[layer], mask)
+      a = self.attn.attend_cache(q, cache.k[layer], cache.v[layer],
+                                 self.attn.windowed(mask, cache.index))
+    if self.sandwich:
+      a = self.attn_out_norm(a)
     x = x + a
-    x = x + self.mlp(self.mlp_norm(x))
+    m = self.mlp(self.mlp_norm(x))
+    if self.sandwich:
+      m = self.mlp_out_norm(m)
+    x = x + m
     return shd.constrain(x, ('batch', 'length', 'act_embed'), self.rules), cache
 
 
@@ -252,7 +321,7 @@ class Transformer(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
     self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ('vocab', 'embed'), cfg, scale=1.0)
-    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.layers = nnx.List([Block(cfg, rngs, i) for i in range(cfg.num_layers)])
     self.final_norm = RMSNorm(cfg, rngs)
     if not cfg.tie_word_embeddings:
       self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ('embed', 'vocab'), cfg)
@@ -273,8 +342,10 @@ class Transformer(nnx.Module):
     """
     cfg, dt, rules = self.cfg, to_dtype(self.cfg.dtype), self.cfg.logical_axis_rules
     x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+    if cfg.embed_scale:  # Gemma: times sqrt(E), rounded to the compute dtype as transformers does
+      x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dt)
     x = shd.constrain(x, ('batch', 'length', 'act_embed'), rules)
-    inv_freq = rope_frequencies(cfg)
+    inv_freq = {t: rope_frequencies(cfg, t) for t in ('full', 'sliding')}
     remat = REMAT_POLICIES[cfg.remat] if cache is None and cfg.remat != 'none' else None
     for i, layer in enumerate(self.layers):
       if remat is not None:  # training: the block's backward recomputes what the policy drops
@@ -283,8 +354,8 @@ class Transformer(nnx.Module):
         x, cache = layer(x, positions, mask, inv_freq, cache, i, prefill)
     h = self.final_norm(x[:, -1:] if last_only else x[:, outputs_from:])
     w = self.embed[...].T if cfg.tie_word_embeddings else self.lm_head[...]
-    logits = shd.constrain(jnp.einsum('bte,ev->btv', h, w.astype(dt)).astype(jnp.float32),
-                           ('batch', 'length', 'act_vocab'), rules)
+    logits = _softcap(jnp.einsum('bte,ev->btv', h, w.astype(dt)).astype(jnp.float32), cfg.final_softcap)
+    logits = shd.constrain(logits, ('batch', 'length', 'act_vocab'), rules)
     values = None
     if cfg.scalar_head:
       values = (h.astype(jnp.float32) @ self.scalar_head[...].astype(jnp.float32)
