@@ -117,3 +117,26 @@ def test_what_we_do_not_implement_is_a_clear_error(change, message):
     cfg = hf_checkpoint.config_from_hf(hf)
     from rlaif_jax.models import transformer
     transformer.rope_frequencies(cfg)
+
+
+def test_end_tokens_and_chat_template_come_from_the_folder(tmp_path, tokenizer_dir):
+  """generation_config.json's eos_token_id list (as Llama-3.1 ships three) is where generation stops,
+  beside the tokenizer's eos; the export keeps the list; the chat template is read from
+  chat_template.jinja when tokenizer_config.json has none."""
+  from transformers import GenerationConfig
+  from rlaif_jax.generation import text as text_lib
+  folder = helpers.write_torch_family(str(tmp_path / 'm'), tokenizer_dir, 'qwen2', seed=1)
+  gen = json.load(open(os.path.join(folder, 'generation_config.json')))
+  gen['eos_token_id'] = [2, 0]
+  (tmp_path / 'm' / 'generation_config.json').write_text(json.dumps(gen))
+  assert 'chat_template' not in json.load(open(os.path.join(folder, 'tokenizer_config.json')))
+  assert os.path.exists(os.path.join(folder, 'chat_template.jinja'))
+  model, tok = loading.load_model(folder)
+  assert text_lib.stop_tokens(tok) == (2, 0)
+  chat = tok.apply_chat_template([{'role': 'user', 'content': 'hi'}], add_generation_prompt=True,
+                                 tokenize=False)
+  assert chat == '<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n'
+  out = str(tmp_path / 'export')
+  hf_checkpoint.export_folder(nnx.state(model), model.cfg, out, tok)
+  assert GenerationConfig.from_pretrained(out).eos_token_id == [2, 0]
+  assert text_lib.stop_tokens(loading.load_model(out)[1]) == (2, 0)

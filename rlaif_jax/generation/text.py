@@ -69,6 +69,16 @@ def encode_prompt_batch(tokenizer: Any, texts: Sequence[str], length: int, chat:
   return PromptBatch(tokens, valid, list(texts))
 
 
+def stop_tokens(tokenizer: Any) -> tuple[int, ...]:
+  """The ids that end a response: the checkpoint's end tokens (`loading.end_token_ids`, set on the
+  tokenizer when a folder is loaded), else the tokenizer's eos."""
+  listed = getattr(tokenizer, 'end_token_ids', None)
+  if listed:
+    return tuple(int(i) for i in listed)
+  eos = tokenizer.eos_token_id
+  return () if eos is None else (int(eos),)
+
+
 class TextGenerator:
   """Strings in, strings out: chat template (optional), bucketing, the jitted sampler, decoding."""
 
@@ -85,8 +95,7 @@ class TextGenerator:
     return encode_texts(self.tokenizer, prompts, chat)
 
   def stop_tokens(self) -> tuple[int, ...]:
-    eos = self.tokenizer.eos_token_id
-    return () if eos is None else (int(eos),)
+    return stop_tokens(self.tokenizer)
 
   def __call__(self, prompts: Sequence[str], cfg: SamplingConfig, key: jax.Array,
                chat: bool = True) -> list[str]:

@@ -180,6 +180,11 @@ def _write_folder(folder, tensors: dict[str, np.ndarray], config: dict, tokenize
     storage.put_bytes(folder / 'model.safetensors.index.json', json.dumps(
         {'metadata': {'total_size': total}, 'weight_map': weight_map}, indent=1).encode())
   storage.put_bytes(folder / 'config.json', json.dumps(config, indent=1).encode())
+  ends = list(getattr(tokenizer, 'end_token_ids', None) or [])
+  if ends:  # every end token, where transformers' generate and our loader read them
+    generation = {k: config[k] for k in ('bos_token_id', 'pad_token_id') if k in config}
+    storage.put_bytes(folder / 'generation_config.json', json.dumps(
+        {**generation, 'eos_token_id': ends if len(ends) > 1 else ends[0]}, indent=1).encode())
   if tokenizer is not None:
     with tempfile.TemporaryDirectory() as tmp:  # transformers writes local files; copy them over
       tokenizer.save_pretrained(tmp)

@@ -9,6 +9,7 @@ A path may be a URL (gs://, s3://): the file or folder is copied to a local cach
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Sequence
 
@@ -33,6 +34,19 @@ def load_tokenizer(folder: str) -> Any:
   return AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
 
 
+def end_token_ids(folder: str, tokenizer: Any) -> tuple[int, ...]:
+  """Every id that ends a response: the tokenizer's eos and each `eos_token_id` of the folder's
+  generation_config.json (Llama-3.1 lists <|end_of_text|>, <|eom_id|> and <|eot_id|>; Qwen2.5
+  <|im_end|> and <|endoftext|>)."""
+  ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+  path = os.path.join(folder, 'generation_config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      listed = json.load(f).get('eos_token_id')
+    ids += [int(i) for i in (listed if isinstance(listed, list) else [listed]) if i is not None]
+  return tuple(dict.fromkeys(ids))
+
+
 def load_weights(source: str, **overrides) -> tuple[ModelConfig, Any, Any]:
   """(config, our-name -> host array, tokenizer) from a source, without touching devices."""
   if source == DEFAULT_MODEL:
@@ -43,7 +57,9 @@ def load_weights(source: str, **overrides) -> tuple[ModelConfig, Any, Any]:
     return cfg, weights, gguf_checkpoint.tokenizer_from_gguf(reader)
   if os.path.isdir(source):
     cfg, weights = hf_checkpoint.load_folder(source, **overrides)
-    return cfg, weights, load_tokenizer(source)
+    tokenizer = load_tokenizer(source)
+    tokenizer.end_token_ids = end_token_ids(source, tokenizer)  # read by text.stop_tokens
+    return cfg, weights, tokenizer
   raise MissingInput(f'Model source {source!r} is neither {DEFAULT_MODEL!r}, a .gguf file, nor '
                      f'a Hugging Face checkpoint folder. Set config.model.source (or the stage\'s '
                      f'model source) to one of those.')

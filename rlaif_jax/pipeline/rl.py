@@ -48,8 +48,7 @@ def build_loop(ctx: RunContext, cfg: RLConfig, policy, tokenizer) -> rl_loop.RLL
   """The compiled RL iteration for this run's policy, reward source, sampling and optimizer."""
   c = ctx.config.rl
   reward_source, value_model = reward_source_and_value_model(ctx, cfg, tokenizer)
-  eos = tokenizer.eos_token_id
-  settings = dataclasses.replace(ctx.sampling(c.sampling), stop_tokens=() if eos is None else (eos,))
+  settings = dataclasses.replace(ctx.sampling(c.sampling), stop_tokens=text_lib.stop_tokens(tokenizer))
   optimizer = state_lib.make_optimizer(c.learning_rate, c.iterations * c.epochs * c.minibatches,
                                        c.warmup_steps)
   return rl_loop.RLLoop(policy, ctx.mesh, cfg, settings, optimizer, reward_source, value_model,
