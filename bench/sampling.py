@@ -104,6 +104,9 @@ def main():
     sharded_model = loading.place(model.cfg, hf_checkpoint.host_arrays(state), cores)
     sharded_state = nnx.state(sharded_model)
     run_dp = sampler.make_sampler(sharded_model, cores, sampler.SamplingConfig(n, temperature=0.0))
+    scanned = loading.place(model.cfg.replace(scan_layers=True), hf_checkpoint.host_arrays(state), one)
+    scanned_state = nnx.state(scanned)
+    run_scan = sampler.make_sampler(scanned, one, sampler.SamplingConfig(n, temperature=0.0))
     key = jax.random.key(0)
     tp = torch.tensor(prompt, dtype=torch.long)
 
@@ -115,16 +118,20 @@ def main():
     ours_fn = lambda: run(state, prompt, valid, key).tokens.block_until_ready()
     prefill_fn = lambda: prefill(state, prompt, valid, key).tokens.block_until_ready()
     dp_fn = lambda: run_dp(sharded_state, prompt, valid, key).tokens.block_until_ready()
-    ours_fn(), prefill_fn(), dp_fn(), hf()  # warm-up and compile
-    ours = theirs = ours_prefill = ours_dp = float('inf')
+    scan_fn = lambda: run_scan(scanned_state, prompt, valid, key).tokens.block_until_ready()
+    np.testing.assert_array_equal(np.asarray(run(state, prompt, valid, key).tokens),
+                                  np.asarray(run_scan(scanned_state, prompt, valid, key).tokens))
+    ours_fn(), prefill_fn(), dp_fn(), scan_fn(), hf()  # warm-up and compile
+    ours = theirs = ours_prefill = ours_dp = ours_scan = float('inf')
     for _ in range(args.repeats):  # interleaved, best of each, so machine noise hits both alike
       ours = min(ours, timed(ours_fn))
+      ours_scan = min(ours_scan, timed(scan_fn))
       ours_dp = min(ours_dp, timed(dp_fn))
       ours_prefill = min(ours_prefill, timed(prefill_fn))
       theirs = min(theirs, timed(hf))
     bound, cb, mb = roofline(model.cfg, b, p, n, bandwidth, flops_decode)
     rows.append((shape, b * n / ours, b * n / theirs, ours_prefill / ours, bound, cb, mb,
-                 b * n / ours_dp))
+                 b * n / ours_dp, b * n / ours_scan))
 
   print(f'\nSampling, SmolLM2-135M-Instruct, greedy, float32, {os.cpu_count()} CPU cores, '
         f'jax {jax.__version__}, torch {torch.__version__}')
@@ -132,12 +139,15 @@ def main():
         f'GFLOP/s (1024^3), {flops_decode / 1e9:.0f} GFLOP/s (decode shape 16x576x1536)')
   print(f'{"B x prompt x new":<18}{"rlaif_jax tok/s":>16}{"HF generate tok/s":>19}{"ratio":>8}'
         f'{"prefill share":>15}{"roofline tok/s":>16}{"of roofline":>13}'
-        f'{"  rlaif_jax data=" + str(jax.device_count()):>20}{"ratio":>8}')
-  for shape, ours, theirs, share, bound, cb, mb, dp in rows:
+        f'{"  rlaif_jax data=" + str(jax.device_count()):>20}{"ratio":>8}{"scanned tok/s":>15}'
+        f'{"vs loop":>9}')
+  for shape, ours, theirs, share, bound, cb, mb, dp, scan in rows:
     print(f'{shape:<18}{ours:>16.0f}{theirs:>19.0f}{ours / theirs:>7.2f}x{share:>14.0%}'
-          f'{bound:>16.0f}{ours / bound:>12.0%}{dp:>20.0f}{dp / theirs:>7.2f}x')
+          f'{bound:>16.0f}{ours / bound:>12.0%}{dp:>20.0f}{dp / theirs:>7.2f}x{scan:>15.0f}'
+          f'{scan / ours:>8.2f}x')
   print(f'rlaif_jax: one XLA CPU device; "data={jax.device_count()}": the same sampler sharded over '
-        f'{jax.device_count()} CPU devices (one per core), batch split data-parallel.')
+        f'{jax.device_count()} CPU devices (one per core), batch split data-parallel; "scanned": '
+        f'model.scan_layers (one lax.scan over stacked layers, same tokens), one device.')
   print('roofline tok/s = min(compute-bound, memory-bound): ' + '; '.join(
       f'{r[0]}: {r[5]:.0f} / {r[6]:.0f}' for r in rows))
 

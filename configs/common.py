@@ -42,6 +42,9 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'  # float32 | bfloat16: matmul/activation dtype
   c.model.frozen_param_dtype = ''  # '' | float32 | bfloat16
   c.model.remat = 'none'  # none | dots | full: what each block keeps for the backward pass
+  # Blocks stacked [L, ...] and run by one lax.scan: compiled once whatever the depth (same numbers,
+  # same HF import/export); False = a Python loop over the blocks.
+  c.model.scan_layers = True
   # The architecture as Hugging Face config.json fields (vocab_size, hidden_size, ...), for planning
   # without the checkpoint (python -m rlaif_jax.plan); empty = read it from model.source.
   c.model.architecture = ml_collections.ConfigDict()

@@ -82,9 +82,16 @@ def test_expected_score_reward_on_constructed_distributions():
   np.testing.assert_allclose(r, [-1.0, 1.0, 0.0, -1 / 9], atol=1e-6)
 
 
-def test_option_log_probs_equal_teacher_forcing():
+@pytest.mark.parametrize('arch', [
+    {}, dict(scan_layers=True),
+    # Gemma-2-like: the packed options must count window distances from the prompt's end
+    dict(layer_types=('sliding', 'full'), sliding_window=3, norm_offset=1.0, sandwich_norms=True,
+         attn_softcap=5.0, scan_layers=True)])
+def test_option_log_probs_equal_teacher_forcing(arch):
+  """All options of a prompt scored in one packed pass over its cache equal teacher forcing each
+  prompt + option on its own."""
   cfg = model_lib.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
-                              num_heads=4, num_kv_heads=2, head_dim=8)
+                              num_heads=4, num_kv_heads=2, head_dim=8, **arch)
   model = loading.random_model(cfg, seed=3, mesh=one_device())
   prompts = [[5, 6, 7, 8, 9], [10, 11]]
   options = [[3], [4, 5], [6, 7, 8]]

@@ -81,23 +81,36 @@ def test_tiny_reward_model_learns_a_synthetic_preference():
   np.testing.assert_allclose((normalized.mean(), normalized.std()), (0.0, 1.0), atol=1e-5)
 
 
-def test_reward_model_saves_and_restores_with_its_stats(tmp_path):
-  mesh = one_device()
-  model = loading.random_model(CFG, 3, mesh)
-  params = nnx.state(model, nnx.Param)
+def test_reward_model_restores_straight_from_its_checkpoint(tmp_path, tiny_hf_folder, monkeypatch):
+  """A finished reward model comes back from its Orbax checkpoint onto another (sharded) mesh with
+  its stats, scanned and without an LM head, and the base checkpoint's weights are never read."""
+  from configs import tiny
+  from rlaif_jax.models import safetensors_io
+  from rlaif_jax.pipeline import context
+  config = tiny.get_config()
+  config.model.source = tiny_hf_folder
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+  run = context.RunContext(config, str(tmp_path))
+  base, _ = run.load(tiny_hf_folder, scalar_head=True, lm_head=False)
+  assert base.cfg.scan_layers and not hasattr(base, 'lm_head') and base.cfg.lm_head is False
+  params = jax.tree.map(lambda x: x + 0.5, nnx.state(base, nnx.Param))
   stats = rm.RewardStats(0.25, 2.0)
-  rm_stage.save(str(tmp_path / 'rm'), params, stats, {'accuracy_ai': 0.9})
-  # restore onto a sharded mesh into a model with other weights: the saved ones come back
-  sharded = shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
-  other = loading.random_model(CFG, 4, sharded)
-  restored, restored_stats = rm_stage.restore(str(tmp_path / 'rm'), other, sharded)
-  assert restored_stats == stats
-  want, got = hf_checkpoint.host_arrays(params), hf_checkpoint.host_arrays(restored)
+  rm_stage.save(str(tmp_path / 'reward_model' / 'model'), params, stats, {'accuracy_ai': 0.9})
+  reads = []
+  original = safetensors_io.SafetensorsFile.__getitem__
+  monkeypatch.setattr(safetensors_io.SafetensorsFile, '__getitem__',
+                      lambda self, name: reads.append(name) or original(self, name))
+  restored, _ = rm_stage.load(run, tiny_hf_folder)
+  assert reads == []  # nothing read from model.safetensors
+  assert rm_stage.stats(run.restored_info) == stats
+  want, got = hf_checkpoint.host_arrays(params), hf_checkpoint.host_arrays(nnx.state(restored))
+  assert sorted(want) == sorted(got)
   for name in want:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-  assert restored['layers'][0]['attn']['q'][...].sharding.spec[0] == 'fsdp'
+  assert restored.blocks.attn.q[...].sharding.spec[1] == 'fsdp'
   with pytest.raises(FileNotFoundError, match='No complete reward model'):
-    rm_stage.restore(str(tmp_path / 'missing'), other, sharded)
+    run.load(tiny_hf_folder, scalar_head=True, lm_head=False, restore_from=tmp_path / 'missing',
+             what='reward model')
 
 
 def test_reward_model_rewards_normalize_prompt_plus_response():

@@ -228,18 +228,23 @@ def test_sharded_ppo_update_matches_one_device():
 
 def test_micro_batches_and_remat_give_the_same_update():
   """Gradient accumulation weights each micro-batch by its share of the response tokens, so the
-  update equals the one over whole minibatches; rematerialized blocks give the same gradients."""
+  update equals the one over whole minibatches; rematerialized blocks give the same gradients, and
+  so do scanned layers (stacked parameters, one lax.scan), with and without remat and sharding."""
   import optax
   single = shd.make_mesh({'data': 1}, jax.devices()[:1])
   weights, rollout = random_rollout(3, 1, rows=16, new_tokens=8, ragged=True)
   results = []
-  for mesh, micro, remat in ((single, 1, 'none'), (single, 4, 'dots'),
-                             (shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}), 2, 'full')):
-    model = loading.place(CFG.replace(remat=remat), weights, mesh)
+  mesh8 = shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
+  for mesh, micro, remat, scan in ((single, 1, 'none', False), (single, 4, 'dots', False),
+                                   (mesh8, 2, 'full', False), (single, 1, 'none', True),
+                                   (mesh8, 2, 'full', True)):
+    model = loading.place(CFG.replace(remat=remat, scan_layers=scan), weights, mesh)
     cfg = rl_config.RLConfig('ppo', epochs=2, minibatches=2, micro_batches=micro)
     update = rl_update.make_update(model, optax.sgd(0.05), mesh, cfg)
     state, metrics = update(update.init(), rollout, 0.05, jax.random.key(1))
-    results.append((hf_checkpoint.host_arrays(state.params['policy']), metrics))
+    results.append((hf_checkpoint.host_arrays(state.params['policy']), jax.device_get(metrics)))
+    update(state, rollout, 0.05, jax.random.key(2))
+    assert update.jitted._cache_size() == 1  # one compile, scanned or not
   moved = max(np.abs(results[0][0][n] - weights[n]).max() for n in weights)
   assert moved > 1e-4
   for params, metrics in results[1:]:

@@ -177,7 +177,10 @@ def test_score_values_come_from_the_state_before_each_response_token():
   assert np.abs(expected[rmask]).min() > 0 and (np.asarray(scores.values)[~rmask] == 0).all()
 
 
-def test_head_log_probs_gradient_equals_autodiff():
+@pytest.mark.parametrize('softcap, chunk', [(0.0, None), (0.0, 4), (2.5, 4), (2.5, 6)])
+def test_head_log_probs_gradient_equals_autodiff(softcap, chunk):
+  """The chunked head (rows in chunks, logits recomputed in the backward pass, a ragged last chunk
+  padded) equals autodiff of the plain log-softmax, with Gemma 2's logit soft-cap too."""
   kh, kw, kt, kg = jax.random.split(jax.random.key(0), 4)
   hidden, w = jax.random.normal(kh, (6, 8)), jax.random.normal(kw, (11, 8))
   targets = jax.random.randint(kt, (6,), 0, 11)
@@ -185,14 +188,30 @@ def test_head_log_probs_gradient_equals_autodiff():
   d_logp, d_ent = jax.random.normal(kg, (2, 6))
 
   def plain(h, w):
-    logp_all = jax.nn.log_softmax((h @ w.T) * scale, axis=-1)
+    raw = h @ w.T
+    logits = softcap * jnp.tanh(raw / softcap) if softcap else raw
+    logp_all = jax.nn.log_softmax(logits * scale, axis=-1)
     return (jnp.take_along_axis(logp_all, targets[:, None], axis=-1)[:, 0],
             -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1))
 
-  ours = lambda h, w: scoring.head_log_probs(h, w, targets, scale)
+  ours = lambda h, w: scoring.head_log_probs(h, w, targets, scale, softcap, chunk)
   for a, b in zip(ours(hidden, w), plain(hidden, w)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
   got = jax.vjp(ours, hidden, w)[1]((d_logp, d_ent))
   want = jax.vjp(plain, hidden, w)[1]((d_logp, d_ent))
   for a, b in zip(got, want):  # both the log-prob and the entropy paths
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_head_keeps_no_full_logits_for_the_backward_pass():
+  """What the PPO update's memory rests on: the residuals the head's backward pass keeps are the
+  inputs and per-row statistics, never a [rows, vocab] array."""
+  rows, vocab, embed = 4096, 8192, 16
+  hidden = jnp.ones((rows, embed))
+  w = jnp.ones((vocab, embed))
+  targets = jnp.zeros((rows,), jnp.int32)
+  f = lambda h, w: scoring.head_log_probs(h, w, targets, jnp.float32(1.0), chunk=512)
+  _, residuals = jax.vjp(f, hidden, w)
+  shapes = [x.shape for x in jax.tree.leaves(residuals)]
+  assert all(vocab not in s or s == (vocab, embed) for s in shapes), shapes
+  assert scoring.chunk_rows(rows, 128256) < rows  # a Llama-3 vocabulary is chunked

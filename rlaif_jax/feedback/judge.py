@@ -7,6 +7,9 @@ preferences (`preferences`). Chain-of-thought labels first let the judge write a
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 from typing import Any, Sequence
 
 import jax
@@ -43,6 +46,12 @@ class Judge:
     self.batch_multiple = shd.batch_shards(mesh, model.cfg.logical_axis_rules)
     self._option_log_probs = option_scoring.jit_option_log_probs(model, mesh)
     self.truncated = 0
+
+  def for_task(self, task: str) -> 'Judge':
+    """The same judge (model, state and compiled scoring shared) asked about another task."""
+    other = copy.copy(self)
+    other.cfg, other.truncated = dataclasses.replace(self.cfg, task=task), 0
+    return other
 
   def _single_tokens(self, texts: Sequence[str]) -> list[int]:
     ids = [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]

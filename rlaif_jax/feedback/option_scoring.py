@@ -1,5 +1,5 @@
 """The option-scoring kernel: log P(option | prompt) for every prompt and every candidate answer, with
-the prompts prefilled into a KV cache once, so multi-token answers cost a few decode steps rather than
+the prompts prefilled into a KV cache once, so multi-token answers cost one more short pass rather than
 another pass over the prompt. One jitted function per shape.
 
 Shapes: B prompts of P tokens (left-padded), O options of at most L tokens (right-padded).
@@ -20,7 +20,10 @@ def option_log_probs(model: model_lib.Transformer, prompt: jax.Array, prompt_val
   """log P(option | prompt) for every prompt and option: prompt [B, P] left-padded, options [O, L]
   right-padded token ids (options_valid marks real tokens) -> [B, O] float32.
 
-  The prompts are prefilled into a KV cache once; all options are then scored from copies of it.
+  The prompts are prefilled into a KV cache once; then all O options of a prompt are fed together
+  as one [O * L] chunk after it, each option attending to the prompt and to its own earlier tokens
+  only (a block-diagonal mask) and counted from the prompt's end. The cache holds P + O * L slots
+  per prompt rather than O copies of P + L (d-RLAIF's ten answers after a long prompt: a tenth).
   """
   b, p = prompt.shape
   o, l = options.shape
@@ -29,22 +32,25 @@ def option_log_probs(model: model_lib.Transformer, prompt: jax.Array, prompt_val
   if l == 1:  # single-token answers: one forward pass, no cache
     out = model(prompt, positions, model_lib.causal_mask(prompt_valid), last_only=True)
     return jax.nn.log_softmax(out.logits[:, -1].astype(jnp.float32), axis=-1)[:, options[:, 0]]
-  mask = jnp.concatenate([model_lib.causal_mask(prompt_valid), jnp.zeros((b, p, l), bool)], axis=2)
-  cache = model_lib.KVCache.zeros(cfg, b, p + l)
+  n = o * l
+  mask = jnp.concatenate([model_lib.causal_mask(prompt_valid), jnp.zeros((b, p, n), bool)], axis=2)
+  cache = model_lib.KVCache.zeros(cfg, b, p + n)
   out = model(prompt, positions, mask, cache, last_only=True, prefill=True)
   first = jax.nn.log_softmax(out.logits[:, -1].astype(jnp.float32), axis=-1)  # [B, V]
   total = first[:, options[:, 0]]  # [B, O]
-  rep = lambda x: jnp.repeat(x, o, axis=0)
-  cache = out.cache._replace(k=tuple(map(rep, out.cache.k)), v=tuple(map(rep, out.cache.v)))
-  opt = jnp.tile(options, (b, 1))  # [B*O, L], row r = prompt r // O, option r % O
-  opt_valid = jnp.tile(options_valid, (b, 1))
-  pos = rep(positions[:, -1:]) + 1 + jnp.arange(l)[None]
-  keys = jnp.concatenate([rep(prompt_valid), opt_valid], axis=1)  # [B*O, P + L]
-  causal = jnp.concatenate([jnp.ones((l, p), bool), jnp.tril(jnp.ones((l, l), bool))], axis=1)
-  step = model(opt, pos, keys[:, None, :] & causal[None], cache)
-  logp = jax.nn.log_softmax(step.logits[:, :-1].astype(jnp.float32), axis=-1)  # predicts opt[:, 1:]
-  rest = jnp.take_along_axis(logp, opt[:, 1:, None], axis=-1)[..., 0] * opt_valid[:, 1:]
-  return total + rest.sum(axis=1).reshape(b, o)
+  step_in = jnp.broadcast_to(options.reshape(1, n), (b, n))  # option o's token i at o * L + i
+  within = jnp.tile(jnp.arange(l, dtype=jnp.int32), o)  # i of each packed token
+  option_of = jnp.repeat(jnp.arange(o), l)
+  own = (option_of[:, None] == option_of[None, :]) & (within[:, None] >= within[None, :])
+  own = own & options_valid.reshape(1, n)  # [N, N]: same option, not later, a real token
+  keys = jnp.concatenate([jnp.broadcast_to(prompt_valid[:, None, :], (b, n, p)),
+                          jnp.broadcast_to(own[None], (b, n, n))], axis=2)  # [B, N, P + N]
+  step = model(step_in, positions[:, -1:] + 1 + within[None], keys, out.cache,
+               query_slots=p + within)
+  logp = jax.nn.log_softmax(step.logits.reshape(b, o, l, -1)[:, :, :-1].astype(jnp.float32), axis=-1)
+  rest = jnp.take_along_axis(logp, jnp.broadcast_to(options[None, :, 1:, None], (b, o, l - 1, 1)),
+                             axis=-1)[..., 0] * options_valid[None, :, 1:]
+  return total + rest.sum(axis=2)
 
 
 def jit_option_log_probs(model: model_lib.Transformer, mesh: jax.sharding.Mesh):

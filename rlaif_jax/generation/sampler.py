@@ -111,9 +111,7 @@ def prefill(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.A
   n = cfg.max_new_tokens
   rules = model.cfg.logical_axis_rules
   cache = model_lib.KVCache.zeros(model.cfg, b, p + n)
-  k_axes, v_axes = ('batch', 'act_kv_heads', None, 'length'), ('batch', 'act_kv_heads', 'length', None)
-  cache = cache._replace(k=tuple(shd.constrain(x, k_axes, rules) for x in cache.k),
-                         v=tuple(shd.constrain(x, v_axes, rules) for x in cache.v))
+  cache = cache.map_arrays(lambda x, axes: shd.constrain(x, axes, rules))
   key_valid = jnp.concatenate([prompt_valid, jnp.zeros((b, n), bool)], axis=1)  # [B, P + N]
   positions = model_lib.positions_from_mask(prompt_valid)
   prefill_mask = model_lib.causal_mask(prompt_valid)

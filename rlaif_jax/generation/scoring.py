@@ -7,6 +7,7 @@ Shapes: B rows, P left-padded prompt length, N response length, E embed, V vocab
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -41,43 +42,90 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
   return jnp.sum(x * mask, axis=axis) / jnp.maximum(jnp.sum(mask, axis=axis), 1.0)
 
 
-@jax.custom_vjp
-def head_log_probs(hidden: jax.Array, w: jax.Array, targets: jax.Array, scale: jax.Array
-                   ) -> tuple[jax.Array, jax.Array]:
-  """log softmax(scale * hidden @ w.T)[targets] and the entropy of that softmax, per row.
-
-  hidden [M, E], w [V, E] (LM-head rows), targets [M] -> ([M], [M]) float32. The gradient is written
-  out: one elementwise pass makes d logits from the saved log-probs, then two matmuls, whose layouts
-  spare XLA on CPU the slow transposed copy of the [M, V] gradient that autodiff led it to."""
-  return _head_forward(hidden, w, targets, scale)[:2]
+CHUNK_ELEMENTS = 1 << 24  # logits per chunk of rows: 64 MiB of float32 (512 rows at a 32k vocabulary)
 
 
-def _head_forward(hidden, w, targets, scale):
-  z = (hidden @ w.astype(hidden.dtype).T).astype(jnp.float32) * scale
-  logp_all = z - jax.nn.logsumexp(z, axis=-1, keepdims=True)
-  entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
-  logp = jnp.take_along_axis(logp_all, targets[:, None], axis=-1)[:, 0]
-  return logp, entropy, logp_all
+def chunk_rows(rows: int, vocab: int, elements: int = CHUNK_ELEMENTS) -> int:
+  """Rows per chunk of the head: all of them when [rows, vocab] fits `elements`."""
+  return max(1, min(rows, elements // vocab))
 
 
-def _head_fwd(hidden, w, targets, scale):
-  logp, entropy, logp_all = _head_forward(hidden, w, targets, scale)
-  return (logp, entropy), (hidden, w, targets, scale, logp_all, entropy)
+def head_log_probs(hidden: jax.Array, w: jax.Array, targets: jax.Array, scale: jax.Array,
+                   softcap: float = 0.0, chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """log softmax(scale * cap(hidden @ w.T))[targets] and the entropy of that softmax, per row.
+
+  hidden [M, E], w [V, E] (LM-head rows), targets [M] -> ([M], [M]) float32; cap(x) = softcap *
+  tanh(x / softcap) when softcap > 0 (Gemma 2's final logits). The [M, V] logits never exist at
+  once: rows go through in chunks (`chunk_rows`) and the backward pass keeps only each row's
+  log-normaliser, recomputing a chunk's logits when it needs them, so a 128k vocabulary costs a
+  chunk of logits of memory rather than [tokens, vocab] float32. The gradient is written out: one
+  elementwise pass makes d logits, then two matmuls laid out so XLA on CPU needs no transposed copy
+  of the [rows, V] gradient."""
+  m = hidden.shape[0]
+  chunk = chunk or chunk_rows(m, w.shape[0])
+  pad = -m % chunk
+  if pad:
+    hidden = jnp.concatenate([hidden, jnp.zeros((pad, hidden.shape[1]), hidden.dtype)])
+    targets = jnp.concatenate([targets, jnp.zeros((pad,), targets.dtype)])
+  logp, entropy = _chunked_head(hidden, w, targets, scale, softcap, chunk)
+  return logp[:m], entropy[:m]
 
 
-def _head_bwd(res, grads):
-  hidden, w, targets, scale, logp_all, entropy = res
+def _logits(h, w, scale, softcap):
+  """(scaled logits [c, V] float32, d scaled / d raw logits or None)."""
+  raw = (h @ w.astype(h.dtype).T).astype(jnp.float32)
+  if not softcap:
+    return raw * scale, None
+  t = jnp.tanh(raw / softcap)
+  return softcap * t * scale, scale * (1 - t * t)
+
+
+def _chunks(x, chunk):
+  return x.reshape(-1, chunk, *x.shape[1:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _chunked_head(hidden, w, targets, scale, softcap, chunk):
+  return _chunked_fwd(hidden, w, targets, scale, softcap, chunk)[0]
+
+
+def _chunked_fwd(hidden, w, targets, scale, softcap, chunk):
+  def one(args):
+    h, t = args
+    z, _ = _logits(h, w, scale, softcap)
+    lse = jax.nn.logsumexp(z, axis=-1)
+    logp_all = z - lse[:, None]
+    entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+    return jnp.take_along_axis(logp_all, t[:, None], axis=-1)[:, 0], entropy, lse
+  logp, entropy, lse = (x.reshape(-1) for x in jax.lax.map(one, (_chunks(hidden, chunk),
+                                                                  _chunks(targets, chunk))))
+  return (logp, entropy), (hidden, w, targets, scale, lse, entropy)
+
+
+def _chunked_bwd(softcap, chunk, res, grads):
+  hidden, w, targets, scale, lse, entropy = res
   d_logp, d_entropy = grads
-  p = jnp.exp(logp_all)
-  onehot = jnp.arange(logp_all.shape[-1])[None, :] == targets[:, None]
-  # d log p_t / dz = onehot - p;  d H / dz = -p (log p + H)
-  dz = scale * (d_logp[:, None] * (onehot - p) - d_entropy[:, None] * p * (logp_all + entropy[:, None]))
-  d_hidden = (dz @ w.astype(jnp.float32)).astype(hidden.dtype)
-  d_w = jnp.einsum('me,mv->ev', hidden.astype(jnp.float32), dz).T.astype(w.dtype)
-  return d_hidden, d_w, None, jnp.zeros_like(scale)  # the temperature is not trained
+  w32 = w.astype(jnp.float32)
+
+  def one(d_w, args):
+    h, t, lse_c, ent_c, dl, de = args
+    z, dz_draw = _logits(h, w, scale, softcap)
+    logp_all = z - lse_c[:, None]
+    p = jnp.exp(logp_all)
+    onehot = jnp.arange(z.shape[-1])[None, :] == t[:, None]
+    # d log p_t / dz = onehot - p;  d H / dz = -p (log p + H); dz / d raw: scale (x cap's slope)
+    dz = dl[:, None] * (onehot - p) - de[:, None] * p * (logp_all + ent_c[:, None])
+    draw = dz * (scale if dz_draw is None else dz_draw)
+    d_h = (draw @ w32).astype(hidden.dtype)
+    return d_w + jnp.einsum('me,mv->ev', h.astype(jnp.float32), draw), d_h
+
+  xs = tuple(_chunks(x, chunk) for x in (hidden, targets, lse, entropy, d_logp, d_entropy))
+  d_w, d_h = jax.lax.scan(one, jnp.zeros(w.shape[::-1], jnp.float32), xs)
+  return (d_h.reshape(hidden.shape), d_w.T.astype(w.dtype), None,
+          jnp.zeros_like(scale))  # the temperature is not trained
 
 
-head_log_probs.defvjp(_head_fwd, _head_bwd)
+_chunked_head.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 def token_scores(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Array,
@@ -88,7 +136,7 @@ def token_scores(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: 
   b, n = response.shape
   w = model.embed[...] if model.cfg.tie_word_embeddings else model.lm_head[...].T
   logp, entropy = head_log_probs(out.hidden.reshape(b * n, -1), w, response.reshape(-1),
-                                 jnp.float32(1.0 / (temperature or 1.0)))
+                                 jnp.float32(1.0 / (temperature or 1.0)), model.cfg.final_softcap)
   logp, entropy = logp.reshape(b, n), entropy.reshape(b, n)
   values = None if out.values is None else out.values * response_mask
   return TokenScores(logp * response_mask, entropy * response_mask, values)

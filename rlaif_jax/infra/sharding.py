@@ -31,6 +31,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ('head_dim', None),
     ('mlp', 'tensor'),
     ('norm', None),
+    ('layers', None),
     ('act_embed', None),
     ('act_heads', 'tensor'),
     ('act_kv_heads', 'tensor'),

@@ -75,7 +75,9 @@ class ModelConfig:
   param_dtype: str = 'float32'  # storage dtype of the parameters
   dtype: str = 'float32'  # compute dtype of matmuls and activations (softmax and norms run in float32)
   scalar_head: bool = False  # adds a [E] -> [] head on the final hidden state
+  lm_head: bool = True  # False for scalar-only models (reward, value): no [E, V] head, no logits
   remat: str = 'none'  # what a block keeps for its backward pass: see REMAT_POLICIES
+  scan_layers: bool = False  # blocks stacked [L, ...] and run by one lax.scan (compiled once)
   logical_axis_rules: tuple[tuple[str, Any], ...] = shd.DEFAULT_RULES
 
   def __post_init__(self):
@@ -91,6 +93,8 @@ class ModelConfig:
                       f'the {self.num_layers} layers.')
     if 'sliding' in self.layer_types and self.sliding_window < 1:
       raise UserError('Sliding-window layers need sliding_window >= 1.')
+    if not (self.lm_head or self.scalar_head):
+      raise UserError('A model needs an LM head or a scalar head (lm_head=False needs scalar_head).')
     if self.remat not in REMAT_POLICIES:
       raise UserError(f'Unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}.')
 

@@ -220,7 +220,7 @@ def weight_names(cfg: ModelConfig, prefix: str = 'model.') -> list[tuple[str, st
   fam = FAMILIES[cfg.family]
   rows = [('embed', prefix + 'embed_tokens.weight', 'same'),
           ('final_norm/scale', prefix + 'norm.weight', 'same')]
-  if not cfg.tie_word_embeddings:
+  if cfg.lm_head and not cfg.tie_word_embeddings:
     rows.append(('lm_head', 'lm_head.weight', 'T'))
   norms = {'attn_norm': 'input_layernorm'}
   if fam.gemma_norms:

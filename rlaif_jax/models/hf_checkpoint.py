@@ -18,7 +18,7 @@ import numpy as np
 
 from rlaif_jax.infra import distributed, storage
 from rlaif_jax.infra import sharding as shd
-from rlaif_jax.models import families, safetensors_io
+from rlaif_jax.models import families, safetensors_io, stacking
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.infra.errors import MissingInput, UserError
 
@@ -139,14 +139,19 @@ def load_folder(folder: str, **overrides) -> tuple[ModelConfig, LazyWeights]:
 
 
 def host_arrays(state: Any) -> dict[str, np.ndarray]:
-  """Our-name -> full host array for an nnx State (gathers across hosts when there are several)."""
-  return dict(zip(shd.flat_names(state), distributed.to_host(jax.tree.leaves(state))))
+  """Our-name -> full host array for an nnx State (gathers across hosts when there are several),
+  one per layer also for a scanned model."""
+  arrays = dict(zip(shd.flat_names(state), distributed.to_host(jax.tree.leaves(state))))
+  return stacking.per_layer(arrays)  # a scanned model's [L, ...] parameters by layer
 
 
 def export_folder(state: Any, cfg: ModelConfig, folder: storage.PathLike, tokenizer: Any = None,
                   max_shard_bytes: int = 4 << 30) -> None:
   """Write params as a folder that transformers' `{Family}ForCausalLM.from_pretrained` loads (a local
   folder or a URL). Collective with several processes: all gather the weights, process 0 writes."""
+  if not cfg.lm_head:
+    raise UserError('This model has no LM head (a reward or value model): there is no causal LM to '
+                    'export. Export the policy.')
   arrays = host_arrays(state)
   cfg = cfg.replace(scalar_head=False)  # the export is a causal LM; a scalar head stays ours
   tensors = {hf: to_hf(arrays[ours]) for ours, hf, _, to_hf in weight_table(cfg)}

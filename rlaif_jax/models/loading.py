@@ -18,7 +18,7 @@ from flax import nnx
 
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.infra import storage
-from rlaif_jax.models import gguf_checkpoint, hf_checkpoint
+from rlaif_jax.models import gguf_checkpoint, hf_checkpoint, stacking
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.models.transformer import Transformer
 from rlaif_jax.infra.errors import MissingInput, UserError
@@ -77,13 +77,19 @@ def load_model(source: str, mesh: jax.sharding.Mesh | None = None,
 def place(cfg: ModelConfig, weights: Any, mesh: jax.sharding.Mesh | None = None) -> Transformer:
   """Build the model abstractly and put each host weight on its devices (no random init is run)."""
   mesh = mesh or shd.make_mesh({'data': -1})
-  abstract = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
-  graphdef, abstract_state = nnx.split(abstract)
+  if cfg.scan_layers:
+    weights = stacking.StackedView(weights, cfg.num_layers)
+  graphdef, abstract_state = nnx.split(abstract_model(cfg))
   expected = set(shd.flat_names(abstract_state))
   missing = sorted(expected - set(weights))
   if missing:
     raise UserError(f'Weights are missing parameters: {missing[:10]}')
   return shd.put_sharded(graphdef, abstract_state, weights, mesh, cfg.logical_axis_rules)
+
+
+def abstract_model(cfg: ModelConfig) -> Transformer:
+  """The model with ShapeDtypeStruct parameters: shapes, dtypes and logical axes, nothing allocated."""
+  return nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
 
 
 def random_model(cfg: ModelConfig, seed: int, mesh: jax.sharding.Mesh | None = None) -> Transformer:

@@ -30,6 +30,10 @@ from rlaif_jax.models.config import REMAT_POLICIES, ModelConfig, to_dtype
 from rlaif_jax.infra.errors import UserError
 
 
+K_AXES = ('batch', 'act_kv_heads', None, 'length')
+V_AXES = ('batch', 'act_kv_heads', 'length', None)
+
+
 class KVCache(NamedTuple):
   """Key/value cache: per layer, k [B, K, D, S] and v [B, K, S, D]; `index` is where the next tokens
   are written.
@@ -38,29 +42,52 @@ class KVCache(NamedTuple):
   vectorised along the contiguous inner one: on CPU this ran twice as fast as batched matmuls with
   one query row per (batch, kv head).
 
-  One array per layer (not one stacked [L, ...] array) so that each layer's update is an in-place
-  write of its own small buffer inside the decode loop rather than a rewrite of the whole stack.
+  Unscanned models keep one array per layer (a tuple), so each layer's update is an in-place write of
+  its own small buffer; scanned models (`scan_layers`) one stacked [L, ...] array each for k and v,
+  carried through the layer scan and written in place at (layer, index).
   """
-  k: tuple[jax.Array, ...]
-  v: tuple[jax.Array, ...]
+  k: tuple[jax.Array, ...] | jax.Array
+  v: tuple[jax.Array, ...] | jax.Array
   index: jax.Array  # int32 scalar
 
   @classmethod
   def zeros(cls, cfg: ModelConfig, batch: int, length: int) -> 'KVCache':
     k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, length)
     v_shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
-    dt = to_dtype(cfg.dtype)
-    return cls(tuple(jnp.zeros(k_shape, dt) for _ in range(cfg.num_layers)),
-               tuple(jnp.zeros(v_shape, dt) for _ in range(cfg.num_layers)),
-               jnp.zeros((), jnp.int32))
+    dt, n = to_dtype(cfg.dtype), cfg.num_layers
+    if cfg.scan_layers:
+      return cls(jnp.zeros((n, *k_shape), dt), jnp.zeros((n, *v_shape), dt), jnp.zeros((), jnp.int32))
+    return cls(tuple(jnp.zeros(k_shape, dt) for _ in range(n)),
+               tuple(jnp.zeros(v_shape, dt) for _ in range(n)), jnp.zeros((), jnp.int32))
 
-  def write(self, layer: int, k: jax.Array, v: jax.Array) -> 'KVCache':
+  @property
+  def stacked(self) -> bool:
+    return not isinstance(self.k, tuple)
+
+  def layer(self, layer: int | jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(k [B, K, D, S], v [B, K, S, D]) of one layer (a traced index in a scanned model)."""
+    return self.k[layer], self.v[layer]
+
+  def write(self, layer: int | jax.Array, k: jax.Array, v: jax.Array) -> 'KVCache':
     """Store k [B, K, D, T] and v [B, K, T, D] of one layer at positions index..index+T."""
+    if self.stacked:
+      zero = jnp.zeros((), jnp.int32)
+      at = lambda s_axis: tuple(self.index if a == s_axis else zero for a in range(4))
+      return self._replace(
+          k=jax.lax.dynamic_update_slice(self.k, k[None].astype(self.k.dtype), (layer, *at(3))),
+          v=jax.lax.dynamic_update_slice(self.v, v[None].astype(self.v.dtype), (layer, *at(2))))
+
     def put(buffers, new, axis):
       buf = buffers[layer]
       buf = jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), self.index, axis=axis)
       return buffers[:layer] + (buf,) + buffers[layer + 1:]
     return self._replace(k=put(self.k, k, 3), v=put(self.v, v, 2))
+
+  def map_arrays(self, fn) -> 'KVCache':
+    """fn(array, logical axes) applied to every k and v array (e.g. a sharding constraint)."""
+    if self.stacked:
+      return self._replace(k=fn(self.k, ('layers', *K_AXES)), v=fn(self.v, ('layers', *V_AXES)))
+    return self._replace(k=tuple(fn(x, K_AXES) for x in self.k), v=tuple(fn(x, V_AXES) for x in self.v))
 
 
 def _param(rngs: nnx.Rngs, shape, axes, cfg: ModelConfig, scale: float | None = None, ones=False):
@@ -168,7 +195,7 @@ def _softcap(x: jax.Array, cap: float) -> jax.Array:
 
 
 class Attention(nnx.Module):
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, layer_type: str = 'full'):
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     e, h, k, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.q = _param(rngs, (e, h, d), ('embed', 'heads', 'head_dim'), cfg)
     self.k = _param(rngs, (e, k, d), ('embed', 'kv_heads', 'head_dim'), cfg)
@@ -182,7 +209,6 @@ class Attention(nnx.Module):
       self.q_norm = RMSNorm(cfg, rngs, d, 'head_dim')
       self.k_norm = RMSNorm(cfg, rngs, d, 'head_dim')
     self.cfg = cfg
-    self.window = cfg.sliding_window if layer_type == 'sliding' else 0
     self.scale = (cfg.query_pre_attn_scalar or d) ** -0.5
 
   def project(self, x, positions, inv_freq):
@@ -198,16 +224,6 @@ class Attention(nnx.Module):
     kv_axes = ('batch', 'act_kv_heads', 'length', None)
     k = shd.constrain(apply_rope(k, positions, inv_freq).transpose(0, 2, 1, 3), kv_axes, rules)
     return q, k, shd.constrain(v.transpose(0, 2, 1, 3), kv_axes, rules)
-
-  def windowed(self, mask: jax.Array, q_start: jax.Array | int = 0) -> jax.Array:
-    """The mask [B, T, S] of a sliding layer: also key slot > query slot - window, where queries sit
-    at slots q_start.. (cache slots, as transformers counts them; positions ignore padding)."""
-    if not self.window:
-      return mask
-    t, s = mask.shape[1:]
-    q_slot = q_start + jnp.arange(t, dtype=jnp.int32)
-    near = q_slot[:, None] - jnp.arange(s, dtype=jnp.int32)[None, :] < self.window
-    return mask & near[None]
 
   def _scores(self, scores: jax.Array, mask: jax.Array) -> jax.Array:
     """Raw q.k [B, K, G, T, S] -> scaled, soft-capped, masked float32 scores."""
@@ -269,11 +285,19 @@ class MLP(nnx.Module):
     return _proj(h, self.down[...].astype(dt))
 
 
+def windowed(mask: jax.Array, window: int, query_slots: jax.Array) -> jax.Array:
+  """The mask [B, T, S] of a sliding-window layer: also key slot > query slot - window. Queries sit
+  at cache slots query_slots [T] (as transformers counts them; for contiguous rows the same distances
+  as positions)."""
+  near = query_slots[:, None] - jnp.arange(mask.shape[2], dtype=jnp.int32)[None, :] < window
+  return mask & near[None]
+
+
 class Block(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs, layer: int = 0):
     self.layer_type = cfg.layer_type(layer)
     self.attn_norm = RMSNorm(cfg, rngs)
-    self.attn = Attention(cfg, rngs, self.layer_type)
+    self.attn = Attention(cfg, rngs)
     self.mlp_norm = RMSNorm(cfg, rngs)
     self.mlp = MLP(cfg, rngs)
     if cfg.sandwich_norms:
@@ -281,19 +305,19 @@ class Block(nnx.Module):
       self.mlp_out_norm = RMSNorm(cfg, rngs)
     self.rules, self.sandwich = cfg.logical_axis_rules, cfg.sandwich_norms
 
-  def __call__(self, x, positions, mask, inv_freq, cache: KVCache | None = None, layer: int = 0,
-               prefill: bool = False):
-    """inv_freq: {layer type: [D/2]}; this block uses its own type's."""
-    q, k, v = self.attn.project(self.attn_norm(x), positions, inv_freq[self.layer_type])
+  def __call__(self, x, positions, mask, inv_freq, cache: KVCache | None = None,
+               layer: int | jax.Array = 0, prefill: bool = False):
+    """mask [B, T, S] (already windowed for a sliding layer) and inv_freq [D/2] are this layer's,
+    inputs so that a layer scan can feed each layer its own."""
+    q, k, v = self.attn.project(self.attn_norm(x), positions, inv_freq)
     if cache is None:
-      a = self.attn.attend(q, k, v, self.attn.windowed(mask))
+      a = self.attn.attend(q, k, v, mask)
     elif prefill:  # empty cache: attend within the chunk (no masked cache slots), then store it
       cache = cache.write(layer, k.swapaxes(2, 3), v)
-      a = self.attn.attend(q, k, v, self.attn.windowed(mask[:, :, :x.shape[1]]))
+      a = self.attn.attend(q, k, v, mask[:, :, :x.shape[1]])
     else:  # decode: write this chunk into the cache in place, attend over the whole cache
       cache = cache.write(layer, k.swapaxes(2, 3), v)
-      a = self.attn.attend_cache(q, cache.k[layer], cache.v[layer],
-                                 self.attn.windowed(mask, cache.index))
+      a = self.attn.attend_cache(q, *cache.layer(layer), mask)
     if self.sandwich:
       a = self.attn_out_norm(a)
     x = x + a
@@ -308,8 +332,19 @@ def _block_without_cache(layer: Block, x, positions, mask, inv_freq):
   return layer(x, positions, mask, inv_freq)[0]
 
 
+def stack_blocks(blocks: list[Block]) -> Block:
+  """One Block whose parameters are the blocks' stacked on a leading 'layers' axis [L, ...]."""
+  stacked = blocks[0]
+  per_layer = [nnx.state(b, nnx.Param) for b in blocks]
+  leaves = [jax.tree.leaves(s, is_leaf=lambda x: isinstance(x, nnx.Variable)) for s in per_layer]
+  for i, var in enumerate(leaves[0]):
+    var.set_value(jnp.stack([layer[i].get_value() for layer in leaves]))
+    var.set_metadata('logical_axes', ('layers', *var.get_metadata()['logical_axes']))
+  return stacked
+
+
 class Output(NamedTuple):
-  logits: jax.Array  # [B, T, V] float32
+  logits: jax.Array | None  # [B, T, V] float32; None for a model without an LM head
   hidden: jax.Array  # [B, T, E] final normed hidden state
   values: jax.Array | None  # [B, T] float32 from the scalar head, when the model has one
   cache: KVCache | None
@@ -321,17 +356,25 @@ class Transformer(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
     self.embed = _param(rngs, (cfg.vocab_size, cfg.hidden_size), ('vocab', 'embed'), cfg, scale=1.0)
-    self.layers = nnx.List([Block(cfg, rngs, i) for i in range(cfg.num_layers)])
+    blocks = [Block(cfg, rngs, i) for i in range(cfg.num_layers)]
+    if cfg.scan_layers:
+      self.blocks = stack_blocks(blocks)
+    else:
+      self.layers = nnx.List(blocks)
     self.final_norm = RMSNorm(cfg, rngs)
-    if not cfg.tie_word_embeddings:
+    if cfg.lm_head and not cfg.tie_word_embeddings:
       self.lm_head = _param(rngs, (cfg.hidden_size, cfg.vocab_size), ('embed', 'vocab'), cfg)
     if cfg.scalar_head:
       self.scalar_head = _param(rngs, (cfg.hidden_size,), ('embed',), cfg)
       self.scalar_bias = nnx.Param(jnp.zeros((), to_dtype(cfg.param_dtype)), logical_axes=())
 
+  def _layers(self, x, positions, masks, cache, prefill):
+    return _run_layers(self, x, positions, masks, cache, prefill)
+
   def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
                cache: KVCache | None = None, last_only: bool = False,
-               prefill: bool = False, outputs_from: int = 0) -> Output:
+               prefill: bool = False, outputs_from: int = 0,
+               query_slots: jax.Array | None = None) -> Output:
     """tokens, positions: [B, T] int32; mask: [B, T, S] bool, S = T or the cache length.
 
     prefill: the cache is empty and this call fills its positions 0..T-1 (attention then stays
@@ -339,23 +382,28 @@ class Transformer(nnx.Module):
     last_only: logits (and values) only for the last position, [B, 1, V] (prefill needs no more).
     outputs_from: logits, hidden states and values only for positions outputs_from.. (scoring a
       response needs none for the prompt, and the LM head is a fifth of a small model's FLOPs).
+    query_slots: [T] cache slots the new tokens count as for sliding windows (default: where they
+      are written); option scoring packs several answers after one prompt and counts each from
+      the prompt's end.
     """
     cfg, dt, rules = self.cfg, to_dtype(self.cfg.dtype), self.cfg.logical_axis_rules
     x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
     if cfg.embed_scale:  # Gemma: times sqrt(E), rounded to the compute dtype as transformers does
       x = x * jnp.asarray(math.sqrt(cfg.hidden_size), dt)
     x = shd.constrain(x, ('batch', 'length', 'act_embed'), rules)
-    inv_freq = {t: rope_frequencies(cfg, t) for t in ('full', 'sliding')}
-    remat = REMAT_POLICIES[cfg.remat] if cache is None and cfg.remat != 'none' else None
-    for i, layer in enumerate(self.layers):
-      if remat is not None:  # training: the block's backward recomputes what the policy drops
-        x = nnx.remat(_block_without_cache, policy=remat)(layer, x, positions, mask, inv_freq)
-      else:
-        x, cache = layer(x, positions, mask, inv_freq, cache, i, prefill)
+    masks = {'full': mask}
+    if 'sliding' in cfg.layer_types:
+      start = 0 if cache is None or prefill else cache.index
+      slots = start + jnp.arange(tokens.shape[1], dtype=jnp.int32) if query_slots is None else query_slots
+      masks['sliding'] = windowed(mask, cfg.sliding_window, slots)
+    x, cache = self._layers(x, positions, masks, cache, prefill)
     h = self.final_norm(x[:, -1:] if last_only else x[:, outputs_from:])
-    w = self.embed[...].T if cfg.tie_word_embeddings else self.lm_head[...]
-    logits = _softcap(jnp.einsum('bte,ev->btv', h, w.astype(dt)).astype(jnp.float32), cfg.final_softcap)
-    logits = shd.constrain(logits, ('batch', 'length', 'act_vocab'), rules)
+    logits = None
+    if cfg.lm_head:
+      w = self.embed[...].T if cfg.tie_word_embeddings else self.lm_head[...]
+      logits = _softcap(jnp.einsum('bte,ev->btv', h, w.astype(dt)).astype(jnp.float32),
+                        cfg.final_softcap)
+      logits = shd.constrain(logits, ('batch', 'length', 'act_vocab'), rules)
     values = None
     if cfg.scalar_head:
       values = (h.astype(jnp.float32) @ self.scalar_head[...].astype(jnp.float32)
@@ -363,6 +411,42 @@ class Transformer(nnx.Module):
     if cache is not None:
       cache = cache._replace(index=cache.index + tokens.shape[1])
     return Output(logits, h, values, cache)
+
+
+def _run_layers(model: Transformer, x, positions, masks, cache, prefill):
+  """The blocks one after another: a Python loop, or with `scan_layers` one `lax.scan` over the
+  stacked blocks (compiled once whatever the depth), each layer fed its rotary frequencies and mask
+  (masks: {layer type: [B, T, S]}). Training (no cache) with a remat policy recomputes what the
+  policy drops per block."""
+  cfg = model.cfg
+  inv = {t: rope_frequencies(cfg, t) for t in masks}
+  remat = REMAT_POLICIES[cfg.remat] if cache is None and cfg.remat != 'none' else None
+  if not cfg.scan_layers:
+    for i, layer in enumerate(model.layers):
+      t = layer.layer_type
+      if remat is not None:
+        x = nnx.remat(_block_without_cache, policy=remat)(layer, x, positions, masks[t], inv[t])
+      else:
+        x, cache = layer(x, positions, masks[t], inv[t], cache, i, prefill)
+    return x, cache
+  sliding = jnp.asarray([cfg.layer_type(i) == 'sliding' for i in range(cfg.num_layers)])
+  xs = (sliding, jnp.arange(cfg.num_layers, dtype=jnp.int32))
+  graphdef, params = nnx.split(model.blocks)
+
+  def body(carry, layer_xs):
+    (x, cache), (params_i, (is_sliding, i)) = carry, layer_xs
+    if len(masks) == 1:
+      mask, inv_freq = masks['full'], inv['full']
+    else:  # this layer's mask and rotary frequencies, chosen by its type
+      mask = jnp.where(is_sliding, masks['sliding'], masks['full'])
+      inv_freq = jnp.where(is_sliding, inv['sliding'], inv['full'])
+    block = nnx.merge(graphdef, params_i)
+    return block(x, positions, mask, inv_freq, cache, i, prefill), None
+
+  if remat is not None:
+    body = jax.checkpoint(body, policy=remat, prevent_cse=False)
+  (x, cache), _ = jax.lax.scan(body, (x, cache), (params, xs))
+  return x, cache
 
 
 def causal_mask(valid: jax.Array) -> jax.Array:

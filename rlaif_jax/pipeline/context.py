@@ -8,6 +8,7 @@ reference policy is sft/policy or config.model.source.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from etils import epath
 from flax import nnx
@@ -51,14 +52,31 @@ class RunContext:
 
   # ------------------------------------------------------------------------ models
   def load(self, source: str, scalar_head: bool = False, frozen: bool = False,
-           param_dtype: str = '', dtype: str = ''):
+           param_dtype: str = '', dtype: str = '', lm_head: bool = True,
+           restore_from: epath.Path | None = None, marker: str = DONE, what: str = 'model'):
     """(model, tokenizer) from `source` (default: config.model.source) with the run's dtypes: a
     model that trains keeps model.param_dtype (float32 master parameters); a frozen one is stored in
-    model.frozen_param_dtype when that is set. Both compute in model.dtype."""
+    model.frozen_param_dtype when that is set. Both compute in model.dtype. lm_head=False: a
+    scalar-only model (reward, value) without the [E, V] head or its optimizer moments.
+
+    restore_from: a finished stage's parameters (`checkpoints.save_params`), restored straight onto
+    the mesh; the source then gives only the architecture and tokenizer, its weights are not read.
+    A scalar head the checkpoint lacks (a policy restored as a value model) starts at zero."""
     m = self.config.model
     stored = param_dtype or (m.frozen_param_dtype if frozen else '') or m.param_dtype
-    return loading.load_model(source or m.source, self.mesh, self.rules, scalar_head=scalar_head,
-                              param_dtype=stored, dtype=dtype or m.dtype, remat=m.remat)
+    overrides = dict(scalar_head=scalar_head, lm_head=lm_head, param_dtype=stored,
+                     dtype=dtype or m.dtype, remat=m.remat, scan_layers=m.scan_layers,
+                     logical_axis_rules=self.rules)
+    if restore_from is None:
+      return loading.load_model(source or m.source, self.mesh, **overrides)
+    cfg, _, tokenizer = loading.load_weights(source or m.source, **overrides)  # weights stay lazy
+    abstract = loading.abstract_model(cfg)
+    params, self.restored_info = checkpoints.restore_params(restore_from, abstract, self.mesh,
+                                                            marker, what)
+    params = jax.tree.map(  # entries the checkpoint lacks are still abstract
+        lambda x: jnp.zeros(x.shape, x.dtype, device=x.sharding) if isinstance(
+            x, jax.ShapeDtypeStruct) else x, params)
+    return nnx.merge(nnx.graphdef(abstract), params), tokenizer
 
   def policy_dir(self, reference: bool = False) -> epath.Path | None:
     """Where the current (or, with reference=True, the reference) policy's parameters are."""
@@ -70,12 +88,8 @@ class RunContext:
   def policy(self, reference: bool = False, scalar_head: bool = False, frozen: bool = False):
     """(model with the current or reference policy's parameters, tokenizer); frozen: a copy that
     is not trained (see `load`)."""
-    model, tokenizer = self.load(self.config.model.source, scalar_head, frozen)
-    folder = self.policy_dir(reference)
-    if folder is not None:
-      params, _ = checkpoints.restore_params(folder, model, self.mesh, what='policy')
-      nnx.update(model, params)
-    return model, tokenizer
+    return self.load(self.config.model.source, scalar_head, frozen,
+                     restore_from=self.policy_dir(reference), what='policy')
 
   def judge(self, task: str | None = None) -> Judge:
     j = self.config.judge

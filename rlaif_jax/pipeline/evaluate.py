@@ -56,7 +56,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
          'reference_from': str(ctx.policy_dir(reference=True) or ctx.config.model.source)}
   pref = judge.pairwise(prompts, responses['policy'], responses['reference'])
   out.update(report.win_rate(pref.p_a_better, pref.consistent))
-  harmless = ctx.judge(task='harmless')
+  harmless = judge.for_task('harmless')  # one judge model loaded, two tasks
   for name in ('policy', 'reference'):
     rewards, _ = harmless.direct_reward(prompts, responses[name])
     out[f'harmless_rate_{name}'] = float(np.mean(rewards > 0))

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import numpy as np
 
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import checkpoints, distributed
 from rlaif_jax.infra import sharding as shd
-from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.pipeline import label, training_loop
 from rlaif_jax.pipeline.context import RunContext
 from rlaif_jax.training import reward_model as rm
@@ -29,11 +27,16 @@ def save(directory: str, params: Any, stats: rm.RewardStats, extra: dict | None 
   checkpoints.save_params(directory, params, {**stats._asdict(), **(extra or {})}, STATS_FILE)
 
 
-def restore(directory: str, model: model_lib.Transformer, mesh: jax.sharding.Mesh
-            ) -> tuple[Any, rm.RewardStats]:
-  """(parameters placed with the model's shardings, stats) from a directory written by `save`."""
-  params, meta = checkpoints.restore_params(directory, model, mesh, STATS_FILE, 'reward model')
-  return params, rm.RewardStats(meta['mean'], meta['std'])
+def load(ctx: RunContext, source: str, frozen: bool = False):
+  """(the trained reward model, restored straight from reward_model/model, tokenizer); its
+  statistics are in ctx.restored_info (see `stats`)."""
+  return ctx.load(source, scalar_head=True, frozen=frozen, lm_head=False,
+                  restore_from=ctx.path('reward_model', 'model'), marker=STATS_FILE,
+                  what='reward model')
+
+
+def stats(info: dict) -> rm.RewardStats:
+  return rm.RewardStats(info['mean'], info['std'])
 
 
 def pair_tokens(tokenizer, prompts, responses, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +87,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     return info
   c = ctx.config.reward_model
   train_rows, eval_rows = labeled_rows(ctx, c.batch_size, c.eval_fraction)
-  model, tokenizer = ctx.load(c.source, scalar_head=True)
+  model, tokenizer = ctx.load(c.source, scalar_head=True, lm_head=False)
   batch = lambda rows: pair_batch(tokenizer, rows, c.max_length)
   optimizer = state_lib.make_optimizer(c.learning_rate, c.steps, c.warmup_steps)
   step = rm.make_train_step(model, optimizer, ctx.mesh, c.micro_batches)

@@ -32,13 +32,11 @@ def reward_source_and_value_model(ctx: RunContext, cfg: RLConfig, tokenizer: Any
   reward_args, value_model = {}, None
   if cfg.reward == 'reward_model' or cfg.value_model == 'separate':
     source = ctx.config.reward_model.source
-    rm_model, _ = ctx.load(source, scalar_head=True, frozen=True)
-    rm_params, stats = reward_model.restore(ctx.path('reward_model', 'model'), rm_model, ctx.mesh)
-    nnx.update(rm_model, rm_params)
-    reward_args['reward_model'] = (rm_model, rm_params, ctx.mesh, stats)
-    if cfg.value_model == 'separate':
-      value_model, _ = ctx.load(source, scalar_head=True)
-      nnx.update(value_model, rm_params)
+    rm_model, _ = reward_model.load(ctx, source, frozen=True)
+    stats = reward_model.stats(ctx.restored_info)
+    reward_args['reward_model'] = (rm_model, nnx.state(rm_model, nnx.Param), ctx.mesh, stats)
+    if cfg.value_model == 'separate':  # trained: in model.param_dtype
+      value_model, _ = reward_model.load(ctx, source)
   if cfg.reward == 'judge':
     reward_args.update(judge=ctx.judge(), tokenizer=tokenizer)
   return rewards.make_reward_source(cfg, **reward_args), value_model

@@ -145,9 +145,7 @@ def decoding_shardings(d: sampler.Decoding, rules, mesh: jax.sharding.Mesh) -> s
     return jax.sharding.NamedSharding(mesh, spec)
   rows = lambda x: named(('batch', None, None), x)
   repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  cache = d.cache._replace(k=tuple(named(('batch', 'act_kv_heads', None, 'length'), x) for x in d.cache.k),
-                           v=tuple(named(('batch', 'act_kv_heads', 'length', None), x) for x in d.cache.v),
-                           index=repl)
+  cache = d.cache.map_arrays(lambda x, axes: named(axes, x))._replace(index=repl)
   return d._replace(i=repl, cache=cache, key=repl, key_valid=rows(d.key_valid), done=rows(d.done),
                     token=rows(d.token), pos=rows(d.pos), tokens=rows(d.tokens),
                     log_probs=rows(d.log_probs), mask=rows(d.mask))

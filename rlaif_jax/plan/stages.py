@@ -67,12 +67,35 @@ class Planning:
     """Bytes per device of a model's parameters."""
     return params_bytes(model, self.mesh)
 
+  @property
+  def scanned(self) -> bool:
+    return self.policy.cfg.scan_layers
+
+  def small(self, layers: int) -> 'Planning':
+    """The same plan with every model cut to `layers` unscanned layers (for loop-free costs)."""
+    cut = lambda mod: abstract_model(mod.cfg.replace(num_layers=layers, scan_layers=False))
+    return dataclasses.replace(self, **{f: cut(getattr(self, f)) for f in MODELS})
+
+
+MODELS = ('policy', 'judge', 'reward', 'reference', 'frozen_reward')
+
+
+def compile_built(p: Planning, step: Step, build, layers: int, times: int = 1) -> Step:
+  """Compile `build(p) -> (jitted fn, abstract args)`. XLA's cost analysis counts a loop body once,
+  so with scanned layers the (FLOPs, bytes) come from the same step built for unscanned copies of
+  the models at 1 and 2 layers, scaled to `layers` (see `loop_free_cost`); memory from the real
+  compile either way."""
+  fn, args = build(p)
+  cost = loop_free_cost(lambda n: build(p.small(n)), layers, times, p.mesh) if p.scanned else None
+  return compile_step(step, fn, args, p.mesh, cost)
+
 
 def plan_models(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Planning:
   """The abstract policy (with a value head when PPO shares it), judge and reward model."""
   rules = shd.rules_from_config(config.logical_axis_rules)
   m, j = config.model, config.judge
-  common = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, logical_axis_rules=rules)
+  common = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, logical_axis_rules=rules,
+                scan_layers=m.scan_layers)
   frozen = m.get('frozen_param_dtype') or m.param_dtype
   rl_cfg = RLConfig.from_config(config.rl)
   shared_head = rl_cfg.algorithm == 'ppo' and rl_cfg.value_model == 'shared'
@@ -82,7 +105,8 @@ def plan_models(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> P
       param_dtype=j.get('param_dtype') or frozen, dtype=j.get('dtype') or m.dtype)
   rm_arch = config.reward_model.get('architecture') or (
       None if config.reward_model.source else m.architecture)
-  rm_cfg = model_config(config.reward_model.source or m.source, rm_arch, scalar_head=True, **common)
+  rm_cfg = model_config(config.reward_model.source or m.source, rm_arch, scalar_head=True,
+                        lm_head=False, **common)
   return Planning(config, mesh, rules, rl_cfg, abstract_model(policy_cfg), abstract_model(judge_cfg),
                   abstract_model(rm_cfg), abstract_model(policy_cfg.replace(param_dtype=frozen)),
                   abstract_model(rm_cfg.replace(param_dtype=frozen)))
@@ -92,29 +116,39 @@ def sampler_steps(p: Planning, stage: str, rows: int, settings: ml_collections.C
                   resident: int) -> list[Step]:
   """The rollout's prefill and one decode step (run max_new_tokens - 1 times)."""
   cfg = sampler.SamplingConfig(settings.max_new_tokens, temperature=settings.temperature or 1.0)
-  state_sh, batch, repl = shd.model_shardings(p.policy, p.mesh)
-  graphdef = nnx.graphdef(p.policy)
-  state = abstract_arrays(nnx.state(p.policy))
   length = p.config.rl.prompt_length
   prompt = (S((rows, length), jnp.int32), S((rows, length), bool))
-  prefill = jax.jit(lambda st, t, v, k: sampler.prefill(nnx.merge(graphdef, st), t, v, k, cfg),
-                    in_shardings=(state_sh, batch, batch, repl))
-  first = compile_step(Step(stage, 'rollout prefill', 1, resident), prefill,
-                       (state, *prompt, abstract_key()), p.mesh)
-  decoding = jax.eval_shape(prefill, state, *prompt, abstract_key())
-  decode = jax.jit(lambda st, d: sampler.decode_step(nnx.merge(graphdef, st), d, cfg),
-                   in_shardings=(state_sh, decoding_shardings(decoding, p.rules, p.mesh)),
+
+  def prefill(q: Planning):
+    state_sh, batch, repl = shd.model_shardings(q.policy, q.mesh)
+    graphdef = nnx.graphdef(q.policy)
+    fn = jax.jit(lambda st, t, v, k: sampler.prefill(nnx.merge(graphdef, st), t, v, k, cfg),
+                 in_shardings=(state_sh, batch, batch, repl))
+    return fn, (abstract_arrays(nnx.state(q.policy)), *prompt, abstract_key())
+
+  def decode(q: Planning):
+    state_sh, _, _ = shd.model_shardings(q.policy, q.mesh)
+    graphdef = nnx.graphdef(q.policy)
+    fn, args = prefill(q)
+    decoding = jax.eval_shape(fn, *args)
+    step = jax.jit(lambda st, d: sampler.decode_step(nnx.merge(graphdef, st), d, cfg),
+                   in_shardings=(state_sh, decoding_shardings(decoding, q.rules, q.mesh)),
                    donate_argnums=(1,))
-  return [first, compile_step(Step(stage, 'rollout decode step', cfg.max_new_tokens - 1, resident),
-                              decode, (state, decoding), p.mesh)]
+    return step, (args[0], decoding)
+
+  layers = p.policy.cfg.num_layers
+  return [compile_built(p, Step(stage, 'rollout prefill', 1, resident), prefill, layers),
+          compile_built(p, Step(stage, 'rollout decode step', cfg.max_new_tokens - 1, resident),
+                        decode, layers)]
 
 
 def judge_step(p: Planning, step: Step, rows: int, length: int, options: tuple[int, int]) -> Step:
   """The judge's option scoring of `rows` requests of `length` tokens, `options` = (O, L)."""
-  fn = option_scoring.jit_option_log_probs(p.judge, p.mesh).jitted
-  return compile_step(step, fn, (abstract_arrays(nnx.state(p.judge)), S((rows, length), jnp.int32),
-                                 S((rows, length), bool), S(options, jnp.int32), S(options, bool)),
-                      p.mesh)
+  def build(q: Planning):
+    fn = option_scoring.jit_option_log_probs(q.judge, q.mesh).jitted
+    return fn, (abstract_arrays(nnx.state(q.judge)), S((rows, length), jnp.int32),
+                S((rows, length), bool), S(options, jnp.int32), S(options, bool))
+  return compile_built(p, step, build, p.judge.cfg.num_layers)
 
 
 def label_steps(p: Planning) -> list[Step]:
@@ -134,34 +168,43 @@ def reward_model_steps(p: Planning) -> list[Step]:
   pair = (S((c.batch_size, c.max_length), jnp.int32), S((c.batch_size, c.max_length), bool))
   batch = rm.PairBatch(*pair, *pair, S((c.batch_size,), jnp.float32))
 
-  def whole(layers: int):  # no accumulation loop, for the cost
-    one = rm.make_train_step(abstract_model(p.reward.cfg.replace(num_layers=layers)), optimizer,
-                             p.mesh)
+  def whole(layers: int):  # unscanned, no accumulation loop: for the cost
+    one = rm.make_train_step(p.small(layers).reward, optimizer, p.mesh)
     return one.jitted, (jax.eval_shape(one.init), batch)
-  cost = loop_free_cost(whole, p.reward.cfg.num_layers, 1, p.mesh) if c.micro_batches > 1 else None
+  looped = c.micro_batches > 1 or p.scanned
+  cost = loop_free_cost(whole, p.reward.cfg.num_layers, 1, p.mesh) if looped else None
   return [compile_step(Step('reward_model', 'reward-model train step', 1, 0), step.jitted,
                        (jax.eval_shape(step.init), batch), p.mesh, cost)]
 
 
 def rl_scoring_steps(p: Planning, response: tuple, w_state: int, w_policy: int, scorer_weights: int,
-                     value) -> list[Step]:
+                     value_model: bool) -> list[Step]:
   """The reference log-probs, PPO's old-values pass (when the update runs one) and the reward."""
   others = w_policy + scorer_weights
-  score = scoring.jit_token_scores(p.reference, p.mesh).jitted
-  steps = [compile_step(Step('rl', 'score: reference log-probs', 1, w_state + scorer_weights), score,
-                        (abstract_arrays(nnx.state(p.reference)), *response), p.mesh)]
+
+  def reference(q: Planning):
+    return (scoring.jit_token_scores(q.reference, q.mesh).jitted,
+            (abstract_arrays(nnx.state(q.reference)), *response))
+
+  steps = [compile_built(p, Step('rl', 'score: reference log-probs', 1, w_state + scorer_weights),
+                         reference, p.reference.cfg.num_layers)]
   if p.rl.algorithm == 'ppo' and not values_from_first_step(p.rl):
     # the update's own forward pass for the old values (with one minibatch and no micro-batches
     # its first step gives them, at no cost)
-    critic = value if value is not None else p.policy
-    fn = scoring.jit_response_fn(critic, p.mesh, update_lib.token_values).jitted
-    steps.append(compile_step(
-        Step('rl', 'score: old values', 1, w_state - p.weights(critic) + others),
-        fn, (abstract_arrays(nnx.state(critic)), *response), p.mesh))
+    critic = lambda q: abstract_model(q.reward.cfg) if value_model else q.policy
+
+    def old_values(q: Planning):
+      fn = scoring.jit_response_fn(critic(q), q.mesh, update_lib.token_values).jitted
+      return fn, (abstract_arrays(nnx.state(critic(q))), *response)
+    steps.append(compile_built(
+        p, Step('rl', 'score: old values', 1, w_state - p.weights(critic(p)) + others), old_values,
+        critic(p).cfg.num_layers))
   if p.rl.reward == 'reward_model':
-    fn = rewards.reward_model_rewards(p.frozen_reward, None, p.mesh, rm.RewardStats(0.0, 1.0)).jitted
-    steps.append(compile_step(Step('rl', 'score: reward model', 1, w_state + w_policy), fn,
-                              (abstract_arrays(nnx.state(p.frozen_reward)), *response), p.mesh))
+    def reward(q: Planning):
+      fn = rewards.reward_model_rewards(q.frozen_reward, None, q.mesh, rm.RewardStats(0.0, 1.0)).jitted
+      return fn, (abstract_arrays(nnx.state(q.frozen_reward)), *response)
+    steps.append(compile_built(p, Step('rl', 'score: reward model', 1, w_state + w_policy), reward,
+                               p.frozen_reward.cfg.num_layers))
   else:  # d-RLAIF: the judge's 1-10 answer after each prompt + response
     c = p.config.rl
     steps.append(judge_step(p, Step('rl', 'score: judge (d-RLAIF)', 1, w_state + w_policy),
@@ -179,7 +222,7 @@ def rl_update_step(p: Planning, update, optimizer, rows: int, response: tuple, o
   args = (jax.eval_shape(update.init), rollout, S((), jnp.float32), abstract_key())
 
   def one_pass(layers: int):
-    small = lambda mod: mod and abstract_model(mod.cfg.replace(num_layers=layers))
+    small = lambda mod: mod and abstract_model(mod.cfg.replace(num_layers=layers, scan_layers=False))
     u = update_lib.make_update(small(p.policy), optimizer, p.mesh, dataclasses.replace(
         rl_cfg, epochs=1, minibatches=1, micro_batches=1), c.sampling.temperature or 1.0,
         small(value))
@@ -207,7 +250,7 @@ def rl_steps(p: Planning) -> list[Step]:
   response = (S((rows, c.prompt_length), jnp.int32), S((rows, c.prompt_length), bool),
               S((rows, n), jnp.int32), S((rows, n), bool))
   return (sampler_steps(p, 'rl', rows, c.sampling, w_state - w_policy + others)
-          + rl_scoring_steps(p, response, w_state, w_policy, scorer_weights, value)
+          + rl_scoring_steps(p, response, w_state, w_policy, scorer_weights, value is not None)
           + [rl_update_step(p, update, optimizer, rows, response, others, value)])
 
 
