@@ -8,11 +8,15 @@ reward_model.source) point at the real checkpoints.
   python -m rlaif_jax.plan --config=configs/pod_plans.py:llama8b --topology=v5p:2x4x4
   python -m rlaif_jax.plan --config=configs/pod_plans.py:llama1b --topology=v5e:4x4
   python -m rlaif_jax.plan --config=configs/pod_plans.py:llama1b --topology=v5p:2x2x1
+  python -m rlaif_jax.plan --config=configs/pod_plans.py:qwen7b --topology=v5e:8x8 \
+      --config.mesh.fsdp=16 --config.mesh.tensor=4
+  python -m rlaif_jax.plan --config=configs/pod_plans.py:gemma4b --topology=v5e:4x4
   python -m rlaif_jax.plan --config=configs/pod_plans.py:tiny --topology=v5e:2x2      # seconds
 
-Arg (after the colon): the policy size, `llama1b` (Llama-3.2-1B shapes), `llama8b` (Llama-3.1-8B) or
-`tiny` (a 2-layer model for tests). The judge is 8B-like for both real sizes; the reward model and the
-separate PPO value model share the policy's shapes (the value model starts from the reward model, as
+Arg (after the colon): the policy, `llama1b` (Llama-3.2-1B shapes), `llama8b` (Llama-3.1-8B),
+`qwen7b` (Qwen2.5-7B), `gemma4b` (Gemma-3-4B's language model) or `tiny` (a 2-layer model for
+tests). The judge is Llama-3.1-8B-like for every real size; the reward model and the separate PPO
+value model share the policy's shapes (the value model starts from the reward model, as
 in TRL). Parameters and optimizer state are float32, matmuls bfloat16; FSDP over every chip.
 """
 
@@ -32,9 +36,26 @@ LLAMA_3_1_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336
                     num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                     head_dim=128, rope_theta=500000.0, rope_scaling=dict(LLAMA3_ROPE, factor=8.0),
                     tie_word_embeddings=False, max_position_embeddings=131072, rms_norm_eps=1e-5)
+# config.json of Qwen/Qwen2.5-7B-Instruct: q/k/v biases, untied head, a 152k vocabulary; 28 heads
+# and 4 key/value heads (tensor parallelism of 4 divides both, 8 does not)
+QWEN2_5_7B = dict(model_type='qwen2', vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                  num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                  rope_theta=1000000.0, tie_word_embeddings=False, max_position_embeddings=32768,
+                  rms_norm_eps=1e-6, use_sliding_window=False, hidden_act='silu')
+# text_config of google/gemma-3-4b-it (Gemma3ForConditionalGeneration's language model): 5 local
+# (1024-token window, rotary base 10k) : 1 global layers (base 1M, linear scaling x8), q/k norms,
+# head_dim 256, a 262k vocabulary tied to the embedding
+GEMMA_3_4B = dict(model_type='gemma3_text', vocab_size=262208, hidden_size=2560,
+                  intermediate_size=10240, num_hidden_layers=34, num_attention_heads=8,
+                  num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
+                  sliding_window=1024, sliding_window_pattern=6, rope_theta=1000000.0,
+                  rope_local_base_freq=10000.0, rope_scaling=dict(rope_type='linear', factor=8.0),
+                  hidden_activation='gelu_pytorch_tanh', rms_norm_eps=1e-6,
+                  tie_word_embeddings=True, max_position_embeddings=131072)
 TINY = dict(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=128, tie_word_embeddings=False)
-SIZES = {'llama1b': LLAMA_3_2_1B, 'llama8b': LLAMA_3_1_8B, 'tiny': TINY}
+SIZES = {'llama1b': LLAMA_3_2_1B, 'llama8b': LLAMA_3_1_8B, 'qwen7b': QWEN2_5_7B,
+         'gemma4b': GEMMA_3_4B, 'tiny': TINY}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -132,3 +132,22 @@ def test_unknown_topology_is_a_clear_error():
   r = subprocess.run([sys.executable, '-m', 'rlaif_jax.plan', '--config=configs/pod_plans.py:tiny',
                       '--topology=v5e-16'], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert r.returncode == 2 and 'rlaif_jax: error' in r.stderr, r.stderr
+
+
+def test_scanned_and_unscanned_plans_count_the_same_flops():
+  """XLA counts the layer scan's body once; the plan adds the other layers (from the step built
+  without layers), so both layouts give the same FLOPs, and the same verdicts."""
+  plans = []
+  for scan in (False, True):
+    config = tiny(stages=('label', 'reward_model', 'rl'), fsdp=4)
+    for arch in (config.model.architecture, config.judge.architecture,
+                 config.reward_model.architecture):
+      arch.num_hidden_layers = 4
+    config.model.scan_layers = scan
+    plans.append(plan_stages.make_plan(config, 'v5e:2x2'))
+  loop, scanned = plans
+  assert [s.name for s in loop.steps] == [s.name for s in scanned.steps]
+  assert loop.fits == scanned.fits
+  for a, b in zip(loop.steps, scanned.steps):
+    np.testing.assert_allclose(b.flops, a.flops, rtol=0.02, err_msg=a.name)
+  assert update_step(scanned).temporaries <= update_step(loop).temporaries

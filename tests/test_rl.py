@@ -13,6 +13,7 @@ from rlaif_jax.generation import scoring
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import hf_checkpoint
+from rlaif_jax.models import layers
 from rlaif_jax.models import loading
 from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.rl import advantages
@@ -302,7 +303,7 @@ def test_model_matmul_gradient_equals_autodiff():
   kx, kw, kd = jax.random.split(jax.random.key(0), 3)
   x, w = jax.random.normal(kx, (2, 5, 6)), jax.random.normal(kw, (6, 4))
   dy = jax.random.normal(kd, (2, 5, 4))
-  ours = jax.vjp(model_lib.matmul, x, w)[1](dy)
+  ours = jax.vjp(layers.matmul, x, w)[1](dy)
   plain = jax.vjp(lambda a, b: a @ b, x, w)[1](dy)
   for a, b in zip(ours, plain):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

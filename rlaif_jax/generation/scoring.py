@@ -135,8 +135,10 @@ def token_scores(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: 
   out = response_forward(model, prompt, prompt_valid, response, response_mask)
   b, n = response.shape
   w = model.embed[...] if model.cfg.tie_word_embeddings else model.lm_head[...].T
+  chunk = min(model.cfg.logit_chunk_rows, b * n) or None
   logp, entropy = head_log_probs(out.hidden.reshape(b * n, -1), w, response.reshape(-1),
-                                 jnp.float32(1.0 / (temperature or 1.0)), model.cfg.final_softcap)
+                                 jnp.float32(1.0 / (temperature or 1.0)), model.cfg.final_softcap,
+                                 chunk)
   logp, entropy = logp.reshape(b, n), entropy.reshape(b, n)
   values = None if out.values is None else out.values * response_mask
   return TokenScores(logp * response_mask, entropy * response_mask, values)

@@ -78,6 +78,7 @@ class ModelConfig:
   lm_head: bool = True  # False for scalar-only models (reward, value): no [E, V] head, no logits
   remat: str = 'none'  # what a block keeps for its backward pass: see REMAT_POLICIES
   scan_layers: bool = False  # blocks stacked [L, ...] and run by one lax.scan (compiled once)
+  logit_chunk_rows: int = 0  # rows per chunk of the LM-head log-probs; 0 = by vocabulary size
   logical_axis_rules: tuple[tuple[str, Any], ...] = shd.DEFAULT_RULES
 
   def __post_init__(self):

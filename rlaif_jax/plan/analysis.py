@@ -79,6 +79,7 @@ class Step:
   flops: float = 0.0
   bytes_accessed: float = 0.0
   error: str = ''  # the compiler's refusal (usually: out of HBM), when it refused
+  pending: Any = None  # a future of (FLOPs, bytes) while `scaled_cost` runs in the background
 
   @property
   def total(self) -> int:
@@ -92,13 +93,17 @@ class Step:
     return max(self.flops / (chip.peak_flops * mfu), self.bytes_accessed / chip.bandwidth)
 
 
+Cost = Callable[[tuple[float, float]], tuple[float, float]]
+
+
 def compile_step(step: Step, fn: Callable, args: Sequence[Any], mesh: jax.sharding.Mesh,
-                 cost: Callable[[], tuple[float, float]] | None = None) -> Step:
+                 cost: Cost | None = None, pool: Any = None) -> Step:
   """Lower and compile `fn` (a jax.jit with in_shardings) on abstract args; fill in the numbers.
 
-  XLA's cost analysis does not multiply a loop body by its trip count, so a step that loops (the RL
-  update's epochs and minibatches, gradient accumulation) takes its (FLOPs, HBM bytes) from `cost`
-  instead (see `loop_free_cost`)."""
+  XLA's cost analysis does not multiply a loop body by its trip count, so a step that loops (scanned
+  layers, the RL update's epochs and minibatches, gradient accumulation) takes its (FLOPs, HBM bytes)
+  from `cost(own cost)` instead (see `scaled_cost`); with a thread pool that runs beside the next
+  compiles (`step.pending`, resolved by `finish`)."""
   t0 = time.time()
   try:
     with jax.set_mesh(mesh):
@@ -110,12 +115,27 @@ def compile_step(step: Step, fn: Callable, args: Sequence[Any], mesh: jax.shardi
     step.error = ' '.join(msg.split())[:300]
     print(f'[plan] {step.stage} / {step.name}: does not compile ({time.time() - t0:.0f} s)', flush=True)
     return step
-  print(f'[plan] {step.stage} / {step.name}: compiled in {time.time() - t0:.0f} s', flush=True)
+  t1 = time.time()
   mem = compiled.memory_analysis()
   step.arguments, step.outputs = mem.argument_size_in_bytes, mem.output_size_in_bytes
   step.aliased, step.temporaries = mem.alias_size_in_bytes, mem.temp_size_in_bytes
-  step.flops, step.bytes_accessed = cost() if cost is not None else _cost(compiled)
+  own = _cost(compiled)
+  if cost is not None and pool is not None:
+    step.flops, step.bytes_accessed = own
+    step.pending = pool.submit(cost, own)
+  else:
+    step.flops, step.bytes_accessed = cost(own) if cost is not None else own
+  extra = f' (+{time.time() - t1:.0f} s for its cost)' if cost is not None and pool is None else ''
+  print(f'[plan] {step.stage} / {step.name}: compiled in {t1 - t0:.0f} s{extra}', flush=True)
   return step
+
+
+def finish(steps: Sequence[Step]) -> None:
+  """Wait for the costs compiled in the background (`compile_step`'s pool)."""
+  for step in steps:
+    if step.pending is not None:
+      step.flops, step.bytes_accessed = step.pending.result()
+      step.pending = None
 
 
 def _cost(compiled) -> tuple[float, float]:
@@ -124,16 +144,36 @@ def _cost(compiled) -> tuple[float, float]:
   return float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
 
 
-def loop_free_cost(make: Callable[[int], tuple[Callable, Sequence[Any]]], layers: int, times: int,
-                   mesh: jax.sharding.Mesh) -> Callable[[], tuple[float, float]]:
-  """(FLOPs, HBM bytes) of `times` loop-free passes of a step, from the step built by `make(n)` for
-  models of n = 1 and 2 layers (every layer costs the same, so cost(L) = cost(1) + (L - 1) x the
-  difference): two small compiles instead of a second one of the whole model."""
-  def run():
-    built = [make(1), make(2)]
-    with jax.set_mesh(mesh):
-      one, two = (_cost(f.lower(*a).compile()) for f, a in built)
-    return tuple(times * (c1 + (layers - 1) * (c2 - c1)) for c1, c2 in zip(one, two))
+def _compiled_cost(fn: Callable, args: Sequence[Any], mesh: jax.sharding.Mesh) -> tuple[float, float]:
+  with jax.set_mesh(mesh):
+    return _cost(fn.lower(*args).compile())
+
+
+def scaled_cost(build: Callable[..., tuple[Callable, Sequence[Any]]], layers: int, scanned: bool,
+                mesh: jax.sharding.Mesh, times: int = 1) -> Cost:
+  """(FLOPs, HBM bytes) of a step from its own compile and the same step built without layers.
+
+  XLA counts each loop body once: the layer scan (a scanned step's own cost holds one layer, an
+  unscanned one all L), the LM head's row chunks and the update's epoch / minibatch / micro-batch
+  loops. `build(layers, whole_head, small_vocab)` builds the step for unscanned copies of the
+  models: with 0 layers and the same loops, own - it is the counted layers' cost; with the LM head
+  in one chunk it is the full cost outside the layers. The step then costs `times` x (outside + L
+  layers), `times` being the passes its loops make. Under the scan XLA also counts the whole
+  stacked weight as read by the body, so there a layer's bytes come from 1 - 0 unscanned layers
+  at a small vocabulary (a layer's cost does not depend on it). A few small compiles instead of
+  the unrolled model's."""
+  counted = 1 if scanned else layers
+
+  def run(own):
+    outside = _compiled_cost(*build(0, False, False), mesh)
+    whole = _compiled_cost(*build(0, True, False), mesh)
+    flops = (own[0] - outside[0]) / counted
+    if scanned and layers > 1:
+      one, none = (_compiled_cost(*build(n, False, True), mesh)[1] for n in (1, 0))
+      bytes_ = one - none
+    else:
+      bytes_ = (own[1] - outside[1]) / counted
+    return times * (whole[0] + layers * flops), times * (whole[1] + layers * bytes_)
   return run
 
 

@@ -8,6 +8,7 @@ and the weights of the other models that stay on the chips meanwhile.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 from typing import Any
 
@@ -23,8 +24,8 @@ from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.plan.chips import Chip, topology_devices
 from rlaif_jax.plan.analysis import (S, Step, abstract_arrays, abstract_key, abstract_model,
-                                  compile_step, decoding_shardings, device_bytes, loop_free_cost,
-                                  model_config, params_bytes)
+                                     compile_step, decoding_shardings, device_bytes, finish,
+                                     model_config, params_bytes, scaled_cost)
 from rlaif_jax.rl import rewards
 from rlaif_jax.rl import update as update_lib
 from rlaif_jax.rl.config import RLConfig, values_from_first_step
@@ -62,6 +63,7 @@ class Planning:
   reward: Any
   reference: Any
   frozen_reward: Any
+  pool: Any = None  # threads that compile the steps' costs beside the next steps' compiles
 
   def weights(self, model: Any) -> int:
     """Bytes per device of a model's parameters."""
@@ -71,9 +73,16 @@ class Planning:
   def scanned(self) -> bool:
     return self.policy.cfg.scan_layers
 
-  def small(self, layers: int) -> 'Planning':
-    """The same plan with every model cut to `layers` unscanned layers (for loop-free costs)."""
-    cut = lambda mod: abstract_model(mod.cfg.replace(num_layers=layers, scan_layers=False))
+  def cut(self, layers: int, whole_head: bool = False, small_vocab: bool = False) -> 'Planning':
+    """The same plan with unscanned `layers`-layer models (what a step costs outside its layers, or
+    per layer, for `scaled_cost`); whole_head: the LM head's log-probs in one chunk, so XLA counts
+    all of them; small_vocab: a 64-per-tensor-shard vocabulary."""
+    def cut(mod):
+      cfg = mod.cfg.replace(num_layers=layers, scan_layers=False,
+                            layer_types=mod.cfg.layer_types[:layers] if layers else ())
+      if small_vocab:
+        cfg = cfg.replace(vocab_size=min(cfg.vocab_size, 64 * self.mesh.shape.get('tensor', 1)))
+      return abstract_model(cfg.replace(logit_chunk_rows=1 << 30) if whole_head else cfg)
     return dataclasses.replace(self, **{f: cut(getattr(self, f)) for f in MODELS})
 
 
@@ -81,13 +90,11 @@ MODELS = ('policy', 'judge', 'reward', 'reference', 'frozen_reward')
 
 
 def compile_built(p: Planning, step: Step, build, layers: int, times: int = 1) -> Step:
-  """Compile `build(p) -> (jitted fn, abstract args)`. XLA's cost analysis counts a loop body once,
-  so with scanned layers the (FLOPs, bytes) come from the same step built for unscanned copies of
-  the models at 1 and 2 layers, scaled to `layers` (see `loop_free_cost`); memory from the real
-  compile either way."""
+  """Compile `build(p) -> (jitted fn, abstract args)`, its (FLOPs, bytes) scaled from the same step
+  without layers (`scaled_cost`); memory comes from the real compile."""
   fn, args = build(p)
-  cost = loop_free_cost(lambda n: build(p.small(n)), layers, times, p.mesh) if p.scanned else None
-  return compile_step(step, fn, args, p.mesh, cost)
+  cost = scaled_cost(lambda *cut: build(p.cut(*cut)), layers, p.scanned, p.mesh, times)
+  return compile_step(step, fn, args, p.mesh, cost, p.pool)
 
 
 def plan_models(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Planning:
@@ -164,17 +171,14 @@ def label_steps(p: Planning) -> list[Step]:
 def reward_model_steps(p: Planning) -> list[Step]:
   c = p.config.reward_model
   optimizer = state_lib.make_optimizer(c.learning_rate, c.steps, c.warmup_steps)
-  step = rm.make_train_step(p.reward, optimizer, p.mesh, c.micro_batches)
   pair = (S((c.batch_size, c.max_length), jnp.int32), S((c.batch_size, c.max_length), bool))
   batch = rm.PairBatch(*pair, *pair, S((c.batch_size,), jnp.float32))
 
-  def whole(layers: int):  # unscanned, no accumulation loop: for the cost
-    one = rm.make_train_step(p.small(layers).reward, optimizer, p.mesh)
-    return one.jitted, (jax.eval_shape(one.init), batch)
-  looped = c.micro_batches > 1 or p.scanned
-  cost = loop_free_cost(whole, p.reward.cfg.num_layers, 1, p.mesh) if looped else None
-  return [compile_step(Step('reward_model', 'reward-model train step', 1, 0), step.jitted,
-                       (jax.eval_shape(step.init), batch), p.mesh, cost)]
+  def build(q: Planning):
+    step = rm.make_train_step(q.reward, optimizer, p.mesh, c.micro_batches)
+    return step.jitted, (jax.eval_shape(step.init), batch)
+  return [compile_built(p, Step('reward_model', 'reward-model train step', 1, 0), build,
+                        p.reward.cfg.num_layers, times=c.micro_batches)]
 
 
 def rl_scoring_steps(p: Planning, response: tuple, w_state: int, w_policy: int, scorer_weights: int,
@@ -213,24 +217,21 @@ def rl_scoring_steps(p: Planning, response: tuple, w_state: int, w_policy: int, 
   return steps
 
 
-def rl_update_step(p: Planning, update, optimizer, rows: int, response: tuple, others: int,
-                   value) -> Step:
-  """The update as the RL loop calls it (PPO's old values left to it); its cost from one loop-free
-  pass over the rollout, times the epochs."""
+def rl_update_step(p: Planning, optimizer, rows: int, response: tuple, others: int,
+                   value: bool) -> Step:
+  """The update as the RL loop calls it (PPO's old values left to it); XLA counts one pass of its
+  loops, which run epochs x minibatches x micro-batches times."""
   c, rl_cfg, n = p.config.rl, p.rl, p.config.rl.sampling.max_new_tokens
   rollout = Rollout(*response, *(S((rows, n), jnp.float32),) * 2, None, S((rows,), jnp.float32))
-  args = (jax.eval_shape(update.init), rollout, S((), jnp.float32), abstract_key())
 
-  def one_pass(layers: int):
-    small = lambda mod: mod and abstract_model(mod.cfg.replace(num_layers=layers, scan_layers=False))
-    u = update_lib.make_update(small(p.policy), optimizer, p.mesh, dataclasses.replace(
-        rl_cfg, epochs=1, minibatches=1, micro_batches=1), c.sampling.temperature or 1.0,
-        small(value))
-    return u.jitted, (jax.eval_shape(u.init), *args[1:])
+  def build(q: Planning):
+    u = update_lib.make_update(q.policy, optimizer, p.mesh, rl_cfg, c.sampling.temperature or 1.0,
+                               abstract_model(q.reward.cfg) if value else None)
+    return u.jitted, (jax.eval_shape(u.init), rollout, S((), jnp.float32), abstract_key())
   micro = f' x {rl_cfg.micro_batches} micro' if rl_cfg.micro_batches > 1 else ''
   name = f'{rl_cfg.algorithm} update ({rl_cfg.epochs} epochs x {rl_cfg.minibatches} minibatches{micro})'
-  return compile_step(Step('rl', name, 1, others), update.jitted, args, p.mesh,
-                      loop_free_cost(one_pass, p.policy.cfg.num_layers, rl_cfg.epochs, p.mesh))
+  return compile_built(p, Step('rl', name, 1, others), build, p.policy.cfg.num_layers,
+                       times=rl_cfg.epochs * rl_cfg.minibatches * rl_cfg.micro_batches)
 
 
 def rl_steps(p: Planning) -> list[Step]:
@@ -251,7 +252,7 @@ def rl_steps(p: Planning) -> list[Step]:
               S((rows, n), jnp.int32), S((rows, n), bool))
   return (sampler_steps(p, 'rl', rows, c.sampling, w_state - w_policy + others)
           + rl_scoring_steps(p, response, w_state, w_policy, scorer_weights, value is not None)
-          + [rl_update_step(p, update, optimizer, rows, response, others, value)])
+          + [rl_update_step(p, optimizer, rows, response, others, value is not None)])
 
 
 def make_plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4) -> Plan:
@@ -266,8 +267,10 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4
             for name, mod in (('policy', p.policy), ('judge', p.judge), ('reward model', p.reward))}
   stages = set(config.stages)
   steps = []
-  for stage, planner in (('label', label_steps), ('reward_model', reward_model_steps),
-                    ('rl', rl_steps)):
-    if stage in stages:
-      steps += planner(p)
+  with concurrent.futures.ThreadPoolExecutor(1) as p.pool:  # XLA compiles without the GIL
+    for stage, planner in (('label', label_steps), ('reward_model', reward_model_steps),
+                           ('rl', rl_steps)):
+      if stage in stages:
+        steps += planner(p)
+    finish(steps)
   return Plan(topology, chip, dict(mesh.shape), mfu, steps, models)
