@@ -89,7 +89,7 @@ def test_reward_model_restores_straight_from_its_checkpoint(tmp_path, tiny_hf_fo
   from rlaif_jax.pipeline import context
   config = tiny.get_config()
   config.model.source = tiny_hf_folder
-  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 4, 1
   run = context.RunContext(config, str(tmp_path))
   base, _ = run.load(tiny_hf_folder, scalar_head=True, lm_head=False)
   assert base.cfg.scan_layers and not hasattr(base, 'lm_head') and base.cfg.lm_head is False

@@ -77,3 +77,34 @@ def test_scanned_model_checkpoint_is_stacked_and_sharded():
   assert tuple(q[...].sharding.spec)[:3] == (None, 'fsdp', 'tensor')
   names = set(hf_checkpoint.host_arrays(nnx.state(model)))
   assert 'layers/1/mlp/down' in names and not any(n.startswith('blocks/') for n in names)
+
+
+def test_stacked_kv_cache_decodes_like_per_layer_caches():
+  """The scanned decode step itself (what accelerators run; the CPU sampler unstacks first): a
+  stacked [L, ...] cache written in place at (layer, index) gives the tokens of per-layer caches."""
+  cfg = CFG.replace(layer_types=('sliding', 'full'), sliding_window=4, num_layers=2)
+  loop = loading.random_model(cfg, 1, shd.make_mesh({'data': 1}, jax.devices()[:1]))
+  scanned = loading.place(cfg.replace(scan_layers=True), hf_checkpoint.host_arrays(nnx.state(loop)),
+                          shd.make_mesh({'data': 1}, jax.devices()[:1]))
+  assert model_lib.unscanned(scanned).cfg == loop.cfg
+  settings = sampler.SamplingConfig(9, temperature=0.0)
+  tokens = np.random.default_rng(0).integers(3, 64, (2, 6)).astype(np.int32)
+  valid = np.ones_like(tokens, bool)
+  valid[1, :2] = False
+
+  def decode(m):
+    graphdef, state = nnx.split(m)
+
+    @jax.jit
+    def run(state, tokens, valid):
+      model = nnx.merge(graphdef, state)
+      d = sampler.prefill(model, tokens, valid, jax.random.key(0), settings)
+      for _ in range(settings.max_new_tokens - 1):
+        d = sampler.decode_step(model, d, settings)
+      return d.tokens, d.cache.k
+    return jax.device_get(run(state, tokens, valid))
+
+  (ours, k_stacked), (theirs, k_layers) = decode(scanned), decode(loop)
+  assert k_stacked.shape[0] == 2 and isinstance(k_layers, tuple)
+  np.testing.assert_array_equal(ours, theirs)
+  np.testing.assert_allclose(k_stacked[1], k_layers[1], atol=1e-5)

@@ -147,6 +147,7 @@ def sample(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Ar
            cfg: SamplingConfig, pad_id: int = 0) -> Samples:
   """Sample responses. prompt, prompt_valid: [B, P], left-padded. Call under jit (see `make_sampler`)."""
   n = cfg.max_new_tokens
+  model = model_lib.for_decoding(model)
   s = jax.lax.while_loop(lambda s: (s.i < n) & ~jnp.all(s.done),
                          lambda s: decode_step(model, s, cfg, pad_id),
                          prefill(model, prompt, prompt_valid, key, cfg, pad_id))

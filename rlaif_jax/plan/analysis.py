@@ -79,7 +79,6 @@ class Step:
   flops: float = 0.0
   bytes_accessed: float = 0.0
   error: str = ''  # the compiler's refusal (usually: out of HBM), when it refused
-  pending: Any = None  # a future of (FLOPs, bytes) while `scaled_cost` runs in the background
 
   @property
   def total(self) -> int:
@@ -97,13 +96,12 @@ Cost = Callable[[tuple[float, float]], tuple[float, float]]
 
 
 def compile_step(step: Step, fn: Callable, args: Sequence[Any], mesh: jax.sharding.Mesh,
-                 cost: Cost | None = None, pool: Any = None) -> Step:
+                 cost: Cost | None = None) -> Step:
   """Lower and compile `fn` (a jax.jit with in_shardings) on abstract args; fill in the numbers.
 
   XLA's cost analysis does not multiply a loop body by its trip count, so a step that loops (scanned
   layers, the RL update's epochs and minibatches, gradient accumulation) takes its (FLOPs, HBM bytes)
-  from `cost(own cost)` instead (see `scaled_cost`); with a thread pool that runs beside the next
-  compiles (`step.pending`, resolved by `finish`)."""
+  from `cost(own cost)` instead (see `scaled_cost`)."""
   t0 = time.time()
   try:
     with jax.set_mesh(mesh):
@@ -120,22 +118,10 @@ def compile_step(step: Step, fn: Callable, args: Sequence[Any], mesh: jax.shardi
   step.arguments, step.outputs = mem.argument_size_in_bytes, mem.output_size_in_bytes
   step.aliased, step.temporaries = mem.alias_size_in_bytes, mem.temp_size_in_bytes
   own = _cost(compiled)
-  if cost is not None and pool is not None:
-    step.flops, step.bytes_accessed = own
-    step.pending = pool.submit(cost, own)
-  else:
-    step.flops, step.bytes_accessed = cost(own) if cost is not None else own
-  extra = f' (+{time.time() - t1:.0f} s for its cost)' if cost is not None and pool is None else ''
+  step.flops, step.bytes_accessed = cost(own) if cost is not None else own
+  extra = f' (+{time.time() - t1:.0f} s for its cost)' if cost is not None else ''
   print(f'[plan] {step.stage} / {step.name}: compiled in {t1 - t0:.0f} s{extra}', flush=True)
   return step
-
-
-def finish(steps: Sequence[Step]) -> None:
-  """Wait for the costs compiled in the background (`compile_step`'s pool)."""
-  for step in steps:
-    if step.pending is not None:
-      step.flops, step.bytes_accessed = step.pending.result()
-      step.pending = None
 
 
 def _cost(compiled) -> tuple[float, float]:

@@ -8,7 +8,6 @@ and the weights of the other models that stay on the chips meanwhile.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 from typing import Any
 
@@ -24,7 +23,7 @@ from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.plan.chips import Chip, topology_devices
 from rlaif_jax.plan.analysis import (S, Step, abstract_arrays, abstract_key, abstract_model,
-                                     compile_step, decoding_shardings, device_bytes, finish,
+                                     compile_step, decoding_shardings, device_bytes,
                                      model_config, params_bytes, scaled_cost)
 from rlaif_jax.rl import rewards
 from rlaif_jax.rl import update as update_lib
@@ -63,7 +62,6 @@ class Planning:
   reward: Any
   reference: Any
   frozen_reward: Any
-  pool: Any = None  # threads that compile the steps' costs beside the next steps' compiles
 
   def weights(self, model: Any) -> int:
     """Bytes per device of a model's parameters."""
@@ -94,7 +92,7 @@ def compile_built(p: Planning, step: Step, build, layers: int, times: int = 1) -
   without layers (`scaled_cost`); memory comes from the real compile."""
   fn, args = build(p)
   cost = scaled_cost(lambda *cut: build(p.cut(*cut)), layers, p.scanned, p.mesh, times)
-  return compile_step(step, fn, args, p.mesh, cost, p.pool)
+  return compile_step(step, fn, args, p.mesh, cost)
 
 
 def plan_models(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Planning:
@@ -267,10 +265,8 @@ def make_plan(config: ml_collections.ConfigDict, topology: str, mfu: float = 0.4
             for name, mod in (('policy', p.policy), ('judge', p.judge), ('reward model', p.reward))}
   stages = set(config.stages)
   steps = []
-  with concurrent.futures.ThreadPoolExecutor(1) as p.pool:  # XLA compiles without the GIL
-    for stage, planner in (('label', label_steps), ('reward_model', reward_model_steps),
-                           ('rl', rl_steps)):
-      if stage in stages:
-        steps += planner(p)
-    finish(steps)
+  for stage, planner in (('label', label_steps), ('reward_model', reward_model_steps),
+                         ('rl', rl_steps)):
+    if stage in stages:
+      steps += planner(p)
   return Plan(topology, chip, dict(mesh.shape), mfu, steps, models)
