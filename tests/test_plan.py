@@ -151,3 +151,4 @@ def test_scanned_and_unscanned_plans_count_the_same_flops():
   for a, b in zip(loop.steps, scanned.steps):
     np.testing.assert_allclose(b.flops, a.flops, rtol=0.02, err_msg=a.name)
   assert update_step(scanned).temporaries <= update_step(loop).temporaries
+

@@ -45,13 +45,14 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk of rows: 64 MiB of float32 (512 rows at a 32k vocabulary)
 
 
-def chunk_rows(rows: int, vocab: int, elements: int = CHUNK_ELEMENTS) -> int:
-  """Rows per chunk of the head: all of them when [rows, vocab] fits `elements`."""
-  return max(1, min(rows, elements // vocab))
+def chunk_rows(rows: int, vocab: int, elements: int | None = None) -> int:
+  """Rows per chunk of the head: all of them when [rows, vocab] fits `elements` (CHUNK_ELEMENTS)."""
+  return max(1, min(rows, (elements or CHUNK_ELEMENTS) // vocab))
 
 
 def head_log_probs(hidden: jax.Array, w: jax.Array, targets: jax.Array, scale: jax.Array,
-                   softcap: float = 0.0, chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
+                   softcap: float = 0.0, chunk: int | None = None, rules: tuple = ()
+                   ) -> tuple[jax.Array, jax.Array]:
   """log softmax(scale * cap(hidden @ w.T))[targets] and the entropy of that softmax, per row.
 
   hidden [M, E], w [V, E] (LM-head rows), targets [M] -> ([M], [M]) float32; cap(x) = softcap *
@@ -60,14 +61,15 @@ def head_log_probs(hidden: jax.Array, w: jax.Array, targets: jax.Array, scale: j
   log-normaliser, recomputing a chunk's logits when it needs them, so a 128k vocabulary costs a
   chunk of logits of memory rather than [tokens, vocab] float32. The gradient is written out: one
   elementwise pass makes d logits, then two matmuls laid out so XLA on CPU needs no transposed copy
-  of the [rows, V] gradient."""
+  of the [rows, V] gradient; the weight gradient accumulates over chunks sharded as the weight is
+  (`rules`: the logical-axis rules; w's axes are (vocab, embed))."""
   m = hidden.shape[0]
   chunk = chunk or chunk_rows(m, w.shape[0])
   pad = -m % chunk
   if pad:
     hidden = jnp.concatenate([hidden, jnp.zeros((pad, hidden.shape[1]), hidden.dtype)])
     targets = jnp.concatenate([targets, jnp.zeros((pad,), targets.dtype)])
-  logp, entropy = _chunked_head(hidden, w, targets, scale, softcap, chunk)
+  logp, entropy = _chunked_head(hidden, w, targets, scale, softcap, chunk, tuple(rules))
   return logp[:m], entropy[:m]
 
 
@@ -84,12 +86,12 @@ def _chunks(x, chunk):
   return x.reshape(-1, chunk, *x.shape[1:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _chunked_head(hidden, w, targets, scale, softcap, chunk):
-  return _chunked_fwd(hidden, w, targets, scale, softcap, chunk)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _chunked_head(hidden, w, targets, scale, softcap, chunk, rules):
+  return _chunked_fwd(hidden, w, targets, scale, softcap, chunk, rules)[0]
 
 
-def _chunked_fwd(hidden, w, targets, scale, softcap, chunk):
+def _chunked_fwd(hidden, w, targets, scale, softcap, chunk, rules):
   def one(args):
     h, t = args
     z, _ = _logits(h, w, scale, softcap)
@@ -102,7 +104,7 @@ def _chunked_fwd(hidden, w, targets, scale, softcap, chunk):
   return (logp, entropy), (hidden, w, targets, scale, lse, entropy)
 
 
-def _chunked_bwd(softcap, chunk, res, grads):
+def _chunked_bwd(softcap, chunk, rules, res, grads):
   hidden, w, targets, scale, lse, entropy = res
   d_logp, d_entropy = grads
   w32 = w.astype(jnp.float32)
@@ -117,10 +119,11 @@ def _chunked_bwd(softcap, chunk, res, grads):
     dz = dl[:, None] * (onehot - p) - de[:, None] * p * (logp_all + ent_c[:, None])
     draw = dz * (scale if dz_draw is None else dz_draw)
     d_h = (draw @ w32).astype(hidden.dtype)
-    return d_w + jnp.einsum('me,mv->ev', h.astype(jnp.float32), draw), d_h
+    return sharded(d_w + jnp.einsum('me,mv->ev', h.astype(jnp.float32), draw)), d_h
 
+  sharded = lambda d_w: shd.constrain(d_w, ('embed', 'vocab'), rules) if rules else d_w
   xs = tuple(_chunks(x, chunk) for x in (hidden, targets, lse, entropy, d_logp, d_entropy))
-  d_w, d_h = jax.lax.scan(one, jnp.zeros(w.shape[::-1], jnp.float32), xs)
+  d_w, d_h = jax.lax.scan(one, sharded(jnp.zeros(w.shape[::-1], jnp.float32)), xs)
   return (d_h.reshape(hidden.shape), d_w.T.astype(w.dtype), None,
           jnp.zeros_like(scale))  # the temperature is not trained
 
@@ -138,7 +141,7 @@ def token_scores(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: 
   chunk = min(model.cfg.logit_chunk_rows, b * n) or None
   logp, entropy = head_log_probs(out.hidden.reshape(b * n, -1), w, response.reshape(-1),
                                  jnp.float32(1.0 / (temperature or 1.0)), model.cfg.final_softcap,
-                                 chunk)
+                                 chunk, model.cfg.logical_axis_rules)
   logp, entropy = logp.reshape(b, n), entropy.reshape(b, n)
   values = None if out.values is None else out.values * response_mask
   return TokenScores(logp * response_mask, entropy * response_mask, values)
