@@ -162,3 +162,25 @@ def masked_max_diff(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> float:
   """Max |a - b| over next-token positions whose context and target are both real tokens."""
   both = valid[:, :-1] & valid[:, 1:]
   return float(np.abs(a - b)[both].max())
+
+
+def assert_greedy_equals_generate(model, tok, prompts, pad_to: int, new: int, reference) -> None:
+  """Our batched, left-padded KV-cache greedy decoding of token-id prompts equals transformers'
+  `generate` on `reference` (a PyTorch causal LM) prompt by prompt, token for token."""
+  import jax
+  import torch
+  from flax import nnx
+  from rlaif_jax.generation import sampler
+  from rlaif_jax.generation import text as text_lib
+  from rlaif_jax.infra import sharding as shd
+  tokens, valid = text_lib.left_pad(prompts, pad_to, tok.pad_token_id)
+  mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
+  settings = sampler.SamplingConfig(new, temperature=0.0, stop_tokens=(tok.eos_token_id,))
+  run = sampler.make_sampler(model, mesh, settings, pad_id=tok.pad_token_id)
+  out = jax.device_get(run(nnx.state(model), tokens, valid, jax.random.key(0)))
+  for row, prompt in enumerate(prompts):
+    with torch.no_grad():
+      gen = reference.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=new,
+                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    ours, expected = out.tokens[row][out.mask[row]].tolist(), gen[0, len(prompt):].tolist()
+    assert ours == expected, (row, tok.decode(ours), tok.decode(expected))

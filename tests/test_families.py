@@ -6,14 +6,10 @@ shorter than the sequences and soft-caps low enough to bend."""
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from rlaif_jax.generation import sampler
-from rlaif_jax.generation import text as text_lib
-from rlaif_jax.infra import sharding as shd
 from rlaif_jax.infra.errors import UserError
 from rlaif_jax.models import families, hf_checkpoint, loading
 from tests import helpers
@@ -42,24 +38,11 @@ def test_log_probs_match_torch(family_folder):
 def test_greedy_decoding_equals_transformers_generate(family_folder):
   """Batched, left-padded KV-cache greedy decoding against `generate` prompt by prompt, for longer
   than the sliding window."""
-  import torch
   name, folder = family_folder
   model, tok = loading.load_model(folder)
   rng = np.random.default_rng(3)
   prompts = [rng.integers(3, len(tok), n).tolist() for n in (5, 9, 3, 7)]
-  n = 14
-  tokens, valid = text_lib.left_pad(prompts, 12, tok.pad_token_id)
-  mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  run = sampler.make_sampler(model, mesh, sampler.SamplingConfig(n, temperature=0.0,
-                                                                 stop_tokens=(tok.eos_token_id,)),
-                             pad_id=tok.pad_token_id)
-  out = jax.device_get(run(nnx.state(model), tokens, valid, jax.random.key(0)))
-  ref = helpers.torch_model(folder)
-  for row, prompt in enumerate(prompts):
-    with torch.no_grad():
-      gen = ref.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    assert out.tokens[row][out.mask[row]].tolist() == gen[0, len(prompt):].tolist(), (name, row)
+  helpers.assert_greedy_equals_generate(model, tok, prompts, 12, 14, helpers.torch_model(folder))
 
 
 def test_export_loads_in_torch_and_back(family_folder, tmp_path):

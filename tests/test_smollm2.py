@@ -121,19 +121,5 @@ def test_greedy_equals_transformers_generate(smollm2, exported):
   model, tok = smollm2
   questions = ['What is the capital of France?', 'Name a fruit that is yellow.',
                'Write one sentence about the ocean, please, using simple words.', 'Say hello.']
-  ids = _chat_ids(tok, questions)
-  n = 20
-  tokens, valid = text_lib.left_pad(ids, 64, tok.pad_token_id)
-  mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  run = sampler.make_sampler(model, mesh, sampler.SamplingConfig(n, temperature=0.0,
-                                                                 stop_tokens=(tok.eos_token_id,)),
-                             pad_id=tok.pad_token_id)
-  out = jax.device_get(run(nnx.state(model), tokens, valid, jax.random.key(0)))
-  ref = LlamaForCausalLM.from_pretrained(exported, dtype=torch.float32).eval()
-  for row, prompt in enumerate(ids):
-    with torch.no_grad():
-      gen = ref.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    expected = gen[0, len(prompt):].tolist()
-    ours = out.tokens[row][out.mask[row]].tolist()
-    assert ours == expected, (questions[row], tok.decode(ours), tok.decode(expected))
+  reference = LlamaForCausalLM.from_pretrained(exported, dtype=torch.float32).eval()
+  helpers.assert_greedy_equals_generate(model, tok, _chat_ids(tok, questions), 64, 20, reference)
