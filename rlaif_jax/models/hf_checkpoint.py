@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
+from flax import nnx
 
 from rlaif_jax.infra import distributed, storage
 from rlaif_jax.infra import sharding as shd
@@ -139,8 +140,10 @@ def load_folder(folder: str, **overrides) -> tuple[ModelConfig, LazyWeights]:
 
 
 def host_arrays(state: Any) -> dict[str, np.ndarray]:
-  """Our-name -> full host array for an nnx State (gathers across hosts when there are several),
-  one per layer also for a scanned model."""
+  """Our-name -> full host array for an nnx State or Module (gathers across hosts when there are
+  several), one per layer also for a scanned model."""
+  if isinstance(state, nnx.Module):
+    state = nnx.state(state)
   arrays = dict(zip(shd.flat_names(state), distributed.to_host(jax.tree.leaves(state))))
   return stacking.per_layer(arrays)  # a scanned model's [L, ...] parameters by layer
 
