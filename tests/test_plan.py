@@ -27,11 +27,12 @@ def tiny(stages=('rl',), **mesh):
 
 
 def state_bytes(config) -> int:
-  """Bytes of the PPO train state (policy + value model, AdamW moments), unsharded."""
+  """Bytes of the PPO train state (policy + value model without an LM head, AdamW moments),
+  unsharded."""
   common = dict(param_dtype=config.model.param_dtype, dtype=config.model.dtype)
   policy = plan_analysis.abstract_model(plan_analysis.model_config('', config.model.architecture, **common))
-  value = plan_analysis.abstract_model(plan_analysis.model_config('', config.reward_model.architecture,
-                                                                  scalar_head=True, **common))
+  value = plan_analysis.abstract_model(plan_analysis.model_config(  # a scalar-only model
+      '', config.reward_model.architecture, scalar_head=True, lm_head=False, **common))
   optimizer = train_state.make_optimizer(1e-6, 10)
   state = jax.eval_shape(lambda: train_state.init_state({'policy': policy, 'value': value}, optimizer))
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
