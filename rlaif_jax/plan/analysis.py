@@ -45,9 +45,7 @@ def model_config(source: str, architecture: Any, **overrides) -> ModelConfig:
                      f'(config.model.architecture = config.json fields).')
 
 
-def abstract_model(cfg: ModelConfig) -> model_lib.Transformer:
-  """The model with ShapeDtypeStruct leaves: shapes and dtypes only, nothing allocated."""
-  return nnx.eval_shape(lambda: model_lib.Transformer(cfg, nnx.Rngs(0)))
+abstract_model = loading.abstract_model  # shapes, dtypes and logical axes, nothing allocated
 
 
 def device_bytes(tree: Any, shardings: Any) -> int:
