@@ -45,6 +45,10 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   # Blocks stacked [L, ...] and run by one lax.scan: compiled once whatever the depth (same numbers,
   # same HF import/export); False = a Python loop over the blocks.
   c.model.scan_layers = True
+  # Rows per chunk of the LM-head log-probs (PPO/RL scoring): the [rows, vocab] float32 logits are
+  # never all alive, in the forward or the backward pass; 0 = as many rows as keep a chunk within
+  # 2^24 logits (64 MiB float32).
+  c.model.logit_chunk_rows = 0
   # The architecture as Hugging Face config.json fields (vocab_size, hidden_size, ...), for planning
   # without the checkpoint (python -m rlaif_jax.plan); empty = read it from model.source.
   c.model.architecture = ml_collections.ConfigDict()
@@ -104,7 +108,7 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.reward_model.micro_batches = 1  # gradient accumulation: slices of each batch, one at a time
 
   c.rl = ml_collections.ConfigDict()
-  c.rl.algorithm = 'ppo'  # ppo | reinforce | rloo
+  c.rl.algorithm = 'ppo'  # ppo | reinforce | rloo | grpo (GRPO, Dr. GRPO, DAPO, GSPO: see below)
   c.rl.reward = 'reward_model'  # reward_model (RLAIF) | judge (d-RLAIF)
   c.rl.value_model = 'shared'  # shared | separate (PPO only)
   c.rl.iterations = 20
@@ -116,12 +120,19 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.rl.learning_rate = 1e-6
   c.rl.warmup_steps = 0
   c.rl.clip_eps = 0.2
+  c.rl.clip_eps_low = 0.0  # 0 = clip_eps; the ratio is clipped to [1 - low, 1 + high]
+  c.rl.clip_eps_high = 0.0  # 0 = clip_eps; DAPO's clip-higher: 0.28
+  # token_mean (DAPO) | sequence_mean (GRPO's paper) | token_sum (Dr. GRPO: / rows x max_new_tokens)
+  c.rl.loss_aggregation = 'token_mean'
+  c.rl.importance_ratio = 'token'  # token | sequence (GSPO; with clip_eps_low/high ~ 3e-4 / 4e-4)
+  c.rl.scale_rewards = 'group'  # grpo: group | batch | none (Dr. GRPO)
   c.rl.value_clip = 0.2
   c.rl.vf_coef = 0.1
   c.rl.entropy_coef = 0.0
   c.rl.gamma = 1.0
   c.rl.lam = 0.95
   c.rl.kl_estimator = 'k1'  # k1 | k2 | k3 | abs
+  c.rl.kl_in = 'reward'  # reward (a per-token penalty) | loss (a loss term; GRPO's paper: with k3)
   c.rl.kl_coef = 0.05
   c.rl.kl_target = 0.0  # > 0: adaptive KL controller
   c.rl.kl_horizon = 10000.0

@@ -16,8 +16,8 @@ from rlaif_jax.generation import sampler as sampler_lib
 from rlaif_jax.generation.sampler import SamplingConfig
 from rlaif_jax.infra import distributed
 from rlaif_jax.infra import sharding as shd
-from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.infra.errors import UserError
+from rlaif_jax.models import transformer as model_lib
 
 
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
@@ -42,14 +42,45 @@ def left_pad(token_lists: Sequence[Sequence[int]], length: int, pad_id: int):
   return tokens, valid
 
 
-def encode_texts(tokenizer: Any, prompts: Sequence[str], chat: bool) -> list[list[int]]:
+def encode_texts(tokenizer: Any, prompts: Sequence[str], chat: bool, max_tokens: int = 0
+                 ) -> list[list[int]]:
   """Token ids of each prompt: as a user turn with the chat template and generation prompt when
-  `chat`, else the plain text without special tokens."""
-  if chat:
-    return [list(tokenizer.apply_chat_template(
-        [{'role': 'user', 'content': p}], add_generation_prompt=True, tokenize=True,
-        return_dict=True)['input_ids']) for p in prompts]
-  return [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+  `chat`, else the plain text without special tokens. With `max_tokens`, a longer prompt loses the
+  start of its user text, never the template's BOS, header or generation prompt (plain text keeps
+  its last max_tokens tokens)."""
+  if not chat:
+    ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    return [x[-max_tokens:] for x in ids] if max_tokens else ids
+  out = []
+  for p in prompts:
+    ids = _chat_ids(tokenizer, p)
+    out.append(_fit_chat(tokenizer, p, ids, max_tokens) if max_tokens and len(ids) > max_tokens
+               else ids)
+  return out
+
+
+def _chat_ids(tokenizer: Any, text: str) -> list[int]:
+  return list(tokenizer.apply_chat_template([{'role': 'user', 'content': text}],
+                                            add_generation_prompt=True, tokenize=True,
+                                            return_dict=True)['input_ids'])
+
+
+def _fit_chat(tokenizer: Any, text: str, ids: list[int], max_tokens: int) -> list[int]:
+  """The templated prompt within max_tokens, its user text cut from the start (tokens re-counted
+  after each cut, since a cut can tokenize differently at its edge)."""
+  content = tokenizer.encode(text, add_special_tokens=False)
+  overhead = len(ids) - len(content)
+  if overhead >= max_tokens:
+    raise UserError(f'The chat template alone takes {overhead} tokens, the prompt length is '
+                    f'{max_tokens}; raise the prompt length (e.g. rl.prompt_length).')
+  keep = max_tokens - overhead
+  while keep > 0:
+    ids = _chat_ids(tokenizer, tokenizer.decode(content[-keep:]))
+    if len(ids) <= max_tokens:
+      return ids
+    keep -= len(ids) - max_tokens
+  raise UserError(f'Could not fit a prompt into {max_tokens} tokens with its chat template; raise '
+                  f'the prompt length (e.g. rl.prompt_length).')
 
 
 class PromptBatch(NamedTuple):
@@ -61,11 +92,11 @@ class PromptBatch(NamedTuple):
 
 def encode_prompt_batch(tokenizer: Any, texts: Sequence[str], length: int, chat: bool = True
                         ) -> PromptBatch:
-  """Tokenize prompts (`encode_texts`) and left-pad them to `length`; prompts longer than `length`
-  keep their last `length` tokens."""
-  ids = encode_texts(tokenizer, texts, chat)
+  """Tokenize prompts (`encode_texts`) and left-pad them to `length`; a longer prompt loses the start
+  of its user text (the chat template's tokens stay)."""
+  ids = encode_texts(tokenizer, texts, chat, max_tokens=length)
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-  tokens, valid = left_pad([x[-length:] for x in ids], length, pad)
+  tokens, valid = left_pad(ids, length, pad)
   return PromptBatch(tokens, valid, list(texts))
 
 

@@ -66,6 +66,7 @@ class RunContext:
     stored = param_dtype or (m.frozen_param_dtype if frozen else '') or m.param_dtype
     overrides = dict(scalar_head=scalar_head, lm_head=lm_head, param_dtype=stored,
                      dtype=dtype or m.dtype, remat=m.remat, scan_layers=m.scan_layers,
+                     logit_chunk_rows=m.get('logit_chunk_rows', 0),
                      logical_axis_rules=self.rules)
     if restore_from is None:
       return loading.load_model(source or m.source, self.mesh, **overrides)

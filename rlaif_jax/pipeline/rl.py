@@ -17,6 +17,7 @@ from flax import nnx
 from rlaif_jax.data import prompts as prompts_lib
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import checkpoints, metrics, storage
+from rlaif_jax.infra import sharding as shd
 from rlaif_jax.infra.progress import Progress
 from rlaif_jax.pipeline import reward_model, training_loop
 from rlaif_jax.pipeline.context import DONE, RunContext
@@ -89,6 +90,8 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   if (info := training_loop.complete(ctx, 'rl')) is not None:
     return info
   cfg = RLConfig.from_config(ctx.config.rl)
+  cfg.check_batch(ctx.config.rl.batch_size * cfg.samples_per_prompt,
+                  shd.batch_shards(ctx.mesh, ctx.rules))  # before any model loads
   shared = cfg.algorithm == 'ppo' and cfg.value_model == 'shared'
   policy, tokenizer = ctx.policy(scalar_head=shared)
   # the reference parameters in the policy's own layout (with its head when the value head is shared)

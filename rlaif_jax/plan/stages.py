@@ -100,7 +100,7 @@ def plan_models(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> P
   rules = shd.rules_from_config(config.logical_axis_rules)
   m, j = config.model, config.judge
   common = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, logical_axis_rules=rules,
-                scan_layers=m.scan_layers)
+                scan_layers=m.scan_layers, logit_chunk_rows=m.get('logit_chunk_rows', 0))
   frozen = m.get('frozen_param_dtype') or m.param_dtype
   rl_cfg = RLConfig.from_config(config.rl)
   shared_head = rl_cfg.algorithm == 'ppo' and rl_cfg.value_model == 'shared'

@@ -1,5 +1,6 @@
 """Advantages and returns: per-token rewards with the KL penalty, GAE as a reverse `lax.scan`, whitening,
-and the sequence-level baselines of REINFORCE (batch mean) and RLOO (leave-one-out).
+and the sequence-level advantages of REINFORCE (batch mean), RLOO (leave-one-out) and GRPO (group
+normalised; Dr. GRPO without the std).
 
 Shapes: B responses, T response tokens; `mask` [B, T] is True for real response tokens.
 """
@@ -59,24 +60,49 @@ def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float, la
 
 
 def sequence_advantages(scores: jax.Array, cfg: RLConfig) -> jax.Array:
-  """REINFORCE (batch-mean baseline) and RLOO (leave-one-out over a prompt's samples): [B] -> [B]."""
-  if cfg.algorithm == 'rloo':
-    k = cfg.samples_per_prompt
+  """One advantage per response, [B] -> [B]: REINFORCE (batch-mean baseline), RLOO (leave-one-out
+  over a prompt's samples), GRPO (minus the group mean, divided by the group's std, the batch's, or
+  nothing: Dr. GRPO). A prompt's samples are adjacent rows; the reshape is over the global batch,
+  so groups are whole however the rows are sharded."""
+  k = cfg.samples_per_prompt
+  if cfg.algorithm == 'grpo':
     s = scores.reshape(-1, k)
-    return (s - (s.sum(axis=1, keepdims=True) - s) / (k - 1)).reshape(-1)
-  return scores - jnp.mean(scores)
+    centered = (s - s.mean(axis=1, keepdims=True)).reshape(-1)
+    if cfg.scale_rewards == 'group':
+      return centered / (jnp.repeat(jnp.std(s, axis=1, ddof=1), k) + GROUP_STD_EPS)
+    if cfg.scale_rewards == 'batch':
+      return centered / (jnp.std(scores, ddof=1) + GROUP_STD_EPS)
+    return centered
+  if cfg.algorithm == 'rloo':
+    s = scores.reshape(-1, k)
+    adv = (s - (s.sum(axis=1, keepdims=True) - s) / (k - 1)).reshape(-1)
+  else:
+    adv = scores - jnp.mean(scores)
+  if cfg.whiten_advantages:  # normalised over responses, not tokens: both baselines have mean 0,
+    adv = adv * jax.lax.rsqrt(jnp.mean(jnp.square(adv)) + 1e-8)  # so only the scale changes
+  return adv
+
+
+GROUP_STD_EPS = 1e-4  # as TRL's GRPOTrainer: a group with equal rewards gets advantage 0
+
+
+def sequence_scores(r: Rollout, kl: jax.Array, kl_coef, cfg: RLConfig) -> jax.Array:
+  """Each response's score, minus kl_coef x its summed KL when the leash is in the reward."""
+  if cfg.kl_in == 'loss':
+    return r.scores
+  return r.scores - kl_coef * jnp.sum(kl * r.mask, axis=1)
 
 
 def advantages_and_returns(r: Rollout, kl_coef, cfg: RLConfig):
-  """Per-token advantages and value targets; the KL penalty enters the rewards for every algorithm."""
+  """Per-token advantages and value targets. The KL penalty enters the rewards for every algorithm
+  unless rl.kl_in='loss' (then the update adds it as a loss term)."""
   kl = kl_penalty(r.old_log_probs, r.ref_log_probs, cfg.kl_estimator)
   if cfg.algorithm == 'ppo':
-    rewards = token_rewards(r.scores, kl, r.mask, kl_coef)
+    rewards = token_rewards(r.scores, kl, r.mask, 0.0 if cfg.kl_in == 'loss' else kl_coef)
     adv, returns = gae(rewards, r.old_values, r.mask, cfg.gamma, cfg.lam)
-  else:  # sequence-level: score minus the KL of the whole response, with a baseline
-    seq = r.scores - kl_coef * jnp.sum(kl * r.mask, axis=1)
-    adv = sequence_advantages(seq, cfg)[:, None] * r.mask
+    if cfg.whiten_advantages:
+      adv = whiten(adv, r.mask)
+  else:  # sequence-level: one advantage per response, on each of its tokens
+    adv = sequence_advantages(sequence_scores(r, kl, kl_coef, cfg), cfg)[:, None] * r.mask
     returns = jnp.zeros_like(adv)
-  if cfg.whiten_advantages:
-    adv = whiten(adv, r.mask)
   return adv, returns, kl

@@ -8,26 +8,42 @@ from typing import Any, Mapping
 
 from rlaif_jax.infra.errors import UserError
 
-ALGORITHMS = ('ppo', 'reinforce', 'rloo')
+ALGORITHMS = ('ppo', 'reinforce', 'rloo', 'grpo')
 REWARDS = ('reward_model', 'judge')
+# How per-token losses become one number: over every real token of the minibatch (DAPO, and PPO
+# here), per response then over responses (GRPO's paper), or summed and divided by rows x the
+# response budget (Dr. GRPO: no length normalisation).
+LOSS_AGGREGATIONS = ('token_mean', 'sequence_mean', 'token_sum')
+IMPORTANCE_RATIOS = ('token', 'sequence')  # sequence: GSPO's length-normalised sequence ratio
+SCALE_REWARDS = ('group', 'batch', 'none')  # GRPO's advantage divisor; none = Dr. GRPO
+KL_IN = ('reward', 'loss')  # the KL leash: a penalty in the reward, or a loss term (GRPO's k3)
 
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
   """What the RL update and iteration do (config.rl holds these fields and the loop's own)."""
-  algorithm: str = 'ppo'  # ppo | reinforce | rloo
+  algorithm: str = 'ppo'  # ppo | reinforce | rloo | grpo
   epochs: int = 2  # passes over each rollout batch
   minibatches: int = 2  # per epoch
   micro_batches: int = 1  # gradient accumulation: slices of each minibatch, one at a time
   clip_eps: float = 0.2
+  clip_eps_low: float = 0.0  # the ratio's lower clip 1 - eps_low (0 = clip_eps)
+  clip_eps_high: float = 0.0  # its upper clip 1 + eps_high (0 = clip_eps; DAPO's clip-higher: 0.28)
+  loss_aggregation: str = 'token_mean'  # token_mean | sequence_mean | token_sum (LOSS_AGGREGATIONS)
+  importance_ratio: str = 'token'  # token | sequence (GSPO; use clip_eps ~ 3e-4..4e-4 with it)
+  scale_rewards: str = 'group'  # GRPO: group | batch | none (Dr. GRPO): what divides the advantage
   value_clip: float = 0.2
   vf_coef: float = 0.5
   entropy_coef: float = 0.0
   gamma: float = 1.0
   lam: float = 0.95
   kl_estimator: str = 'k1'
+  kl_in: str = 'reward'  # reward | loss: kl_coef x KL in the reward, or as a loss term (KL_IN)
+  # ppo: advantages whitened over the batch's tokens; reinforce / rloo: scaled by their std over
+  # the batch's responses (a sequence-level estimator, normalised at the sequence level); grpo
+  # normalises within groups instead (scale_rewards).
   whiten_advantages: bool = True
-  samples_per_prompt: int = 1  # RLOO needs >= 2 (rows of one prompt are adjacent)
+  samples_per_prompt: int = 1  # RLOO and GRPO need >= 2 (rows of one prompt are adjacent)
   value_model: str = 'shared'  # PPO's value head: 'shared' (policy trunk) or 'separate' (own model)
   kl_coef: float = 0.05  # the starting (or fixed) coefficient of the per-token KL penalty
   kl_target: float = 0.0  # > 0: adaptive controller moves kl_coef so the sequence KL nears this
@@ -53,6 +69,40 @@ class RLConfig:
     if self.algorithm == 'rloo' and self.samples_per_prompt < 2:
       raise UserError('rl.algorithm=rloo needs rl.samples_per_prompt >= 2 (the leave-one-out '
                       'baseline averages the other samples of the same prompt).')
+    if self.algorithm == 'grpo' and self.samples_per_prompt < 2:
+      raise UserError('rl.algorithm=grpo needs rl.samples_per_prompt >= 2 (advantages are '
+                      'normalised within the group of samples of each prompt).')
+    for name, value, choices in (('loss_aggregation', self.loss_aggregation, LOSS_AGGREGATIONS),
+                                 ('importance_ratio', self.importance_ratio, IMPORTANCE_RATIOS),
+                                 ('scale_rewards', self.scale_rewards, SCALE_REWARDS),
+                                 ('kl_in', self.kl_in, KL_IN)):
+      if value not in choices:
+        raise UserError(f'Unknown rl.{name} {value!r}; choose one of {choices}.')
+    if min(self.clip_eps, self.clip_eps_low, self.clip_eps_high) < 0:
+      raise UserError('rl.clip_eps, rl.clip_eps_low and rl.clip_eps_high must be >= 0.')
+
+  @property
+  def clip_range(self) -> tuple[float, float]:
+    """(eps_low, eps_high): the ratio is clipped to [1 - eps_low, 1 + eps_high]."""
+    return self.clip_eps_low or self.clip_eps, self.clip_eps_high or self.clip_eps
+
+  def check_batch(self, rows: int, batch_devices: int = 1) -> None:
+    """A clear error, before anything compiles, when `rows` rollout rows do not split into the
+    minibatches and micro-batches, or a micro-batch into the devices its rows are spread over
+    (`batch_devices`: the mesh's batch axes; rows that do not divide them would be replicated on
+    every device instead of split)."""
+    if rows % self.minibatches:
+      raise UserError(f'A rollout of {rows} rows (prompts x samples_per_prompt) does not split into '
+                      f'rl.minibatches={self.minibatches}; make the batch a multiple of it.')
+    per = rows // self.minibatches
+    if per % self.micro_batches:
+      raise UserError(f'A minibatch of {per} rows does not split into rl.micro_batches='
+                      f'{self.micro_batches}; make the minibatch a multiple of it.')
+    micro = per // self.micro_batches
+    if micro % batch_devices:
+      raise UserError(f'A micro-batch of {micro} rows does not split over the {batch_devices} devices '
+                      f'of the mesh\'s batch axes (it would be copied to every device); make rows '
+                      f'per micro-batch a multiple of {batch_devices}.')
 
 
 def values_from_first_step(cfg: RLConfig) -> bool:

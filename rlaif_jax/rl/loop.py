@@ -21,6 +21,7 @@ import optax
 from rlaif_jax.generation import sampler, scoring
 from rlaif_jax.generation.text import PromptBatch
 from rlaif_jax.infra import distributed
+from rlaif_jax.infra.errors import UserError
 from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.rl import kl_control
 from rlaif_jax.rl import update as update_lib
@@ -37,6 +38,11 @@ class RLLoop:
                sampling_cfg: sampler.SamplingConfig, optimizer: optax.GradientTransformation,
                reward_source: RewardSource, value_model: model_lib.Transformer | None = None,
                pad_id: int = 0):
+    if sampling_cfg.top_k or sampling_cfg.top_p < 1.0:
+      raise UserError(
+          f'RL samples with top_k={sampling_cfg.top_k}, top_p={sampling_cfg.top_p}, but the update '
+          f'scores tokens under the full softmax, which biases the importance ratio; set '
+          f'rl.sampling.top_k=0 and rl.sampling.top_p=1.0 (temperature is fine).')
     self.cfg, self.sampling_cfg, self.reward_source, self.mesh = cfg, sampling_cfg, reward_source, mesh
     temperature = sampling_cfg.temperature or 1.0
     self.sample = sampler.make_sampler(policy, mesh, sampling_cfg, pad_id)

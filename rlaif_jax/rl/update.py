@@ -1,5 +1,6 @@
-"""The RL update: PPO (clipped surrogate + value loss), REINFORCE with a baseline and RLOO, as one
-jitted, sharded function per algorithm that donates its state.
+"""The RL update: PPO (clipped surrogate + value loss), REINFORCE with a baseline, RLOO and GRPO
+(with Dr. GRPO's, DAPO's and GSPO's variants as settings), as one jitted, sharded function per
+algorithm that donates its state.
 
 `make_update` returns `update(state, rollout, kl_coef, key) -> (state, metrics)`, which runs `epochs`
 passes over shuffled minibatches inside one `lax.scan`. Its pieces, each a method of `Update`:
@@ -87,22 +88,30 @@ class Update:
     return s, values
 
   def objective(self, s: scoring.TokenScores, values: jax.Array | None, mb: Rollout,
-                adv: jax.Array, returns: jax.Array) -> tuple[jax.Array, dict]:
-    """The clipped policy loss, minus the entropy bonus, plus PPO's weighted value loss."""
+                adv: jax.Array, returns: jax.Array, kl_coef) -> tuple[jax.Array, dict]:
+    """The clipped policy loss, minus the entropy bonus, plus PPO's weighted value loss and, with
+    rl.kl_in='loss', kl_coef x the KL to the reference; all aggregated as rl.loss_aggregation."""
     cfg = self.cfg
-    info = losses.policy_loss(s.log_probs, mb.old_log_probs, adv, mb.mask, cfg.clip_eps)
-    entropy = losses.masked_mean(s.entropy, mb.mask)
+    how = cfg.loss_aggregation
+    info = losses.policy_loss(s.log_probs, mb.old_log_probs, adv, mb.mask, cfg.clip_range, how,
+                              cfg.importance_ratio)
+    entropy = losses.aggregate(s.entropy, mb.mask, how)
     loss = info.loss - cfg.entropy_coef * entropy
-    v_loss = jnp.zeros(())
+    v_loss = kl_loss = jnp.zeros(())
     if values is not None:
-      v_loss = losses.value_loss(values, mb.old_values, returns, mb.mask, cfg.value_clip)
+      v_loss = losses.value_loss(values, mb.old_values, returns, mb.mask, cfg.value_clip, how)
       loss = loss + cfg.vf_coef * v_loss
-    return loss, {'policy_loss': info.loss, 'value_loss': v_loss, 'entropy': entropy,
-                  'clip_fraction': info.clip_fraction, 'approx_kl': info.approx_kl}
+    if cfg.kl_in == 'loss':
+      kl_loss = losses.aggregate(losses.kl_penalty(s.log_probs, mb.ref_log_probs, cfg.kl_estimator),
+                                 mb.mask, how)
+      loss = loss + kl_coef * kl_loss
+    return loss, {'policy_loss': info.loss, 'value_loss': v_loss, 'kl_loss': kl_loss,
+                  'entropy': entropy, 'clip_fraction': info.clip_fraction,
+                  'approx_kl': info.approx_kl}
 
-  def loss_given_advantages(self, params: Any, batch: tuple) -> tuple[jax.Array, dict]:
+  def loss_given_advantages(self, params: Any, batch: tuple, kl_coef) -> tuple[jax.Array, dict]:
     mb, adv, returns = batch
-    return self.objective(*self.forward(params, mb), mb, adv, returns)
+    return self.objective(*self.forward(params, mb), mb, adv, returns, kl_coef)
 
   def loss_with_first_values(self, params: Any, batch: tuple) -> tuple[jax.Array, tuple]:
     """The loss when the old values come from the first step: at step 0 they are this forward
@@ -112,7 +121,7 @@ class Update:
     s, values = self.forward(params, mb)
     mb = mb._replace(old_values=jnp.where(first, jax.lax.stop_gradient(values), old_values))
     adv, returns, _ = advantages_and_returns(mb, kl_coef, self.cfg)
-    loss, metrics = self.objective(s, values, mb, adv, returns)
+    loss, metrics = self.objective(s, values, mb, adv, returns, kl_coef)
     return loss, (metrics, mb.old_values)
 
   def apply(self, state: TrainState, grads: Any, loss: jax.Array, metrics: dict
@@ -122,14 +131,15 @@ class Update:
     return state, metrics
 
   def step_given_advantages(self, state: TrainState, mb: Rollout, adv: jax.Array,
-                            returns: jax.Array) -> tuple[TrainState, dict]:
-    """One optimizer step; the losses are token means, so each micro-batch counts by its share of
-    the minibatch's tokens."""
+                            returns: jax.Array, kl_coef) -> tuple[TrainState, dict]:
+    """One optimizer step; each micro-batch counts by its share of the minibatch's aggregate (its
+    tokens for a token mean, its responses for a sequence mean, its rows for a token sum)."""
     k = self.cfg.micro_batches
-    tokens = jnp.sum(step_lib.split_micro_batches(mb.mask, k), axis=(1, 2))
+    weights = losses.aggregation_weights(step_lib.split_micro_batches(mb.mask, k),
+                                         self.cfg.loss_aggregation)
     (loss, metrics), grads = step_lib.accumulated_value_and_grad(
-        self.loss_given_advantages, state.params, (mb, adv, returns), k,
-        tokens / jnp.maximum(jnp.sum(tokens), 1))
+        lambda params, batch: self.loss_given_advantages(params, batch, kl_coef), state.params,
+        (mb, adv, returns), k, weights)
     return self.apply(state, grads, loss, metrics)
 
   def step_with_first_values(self, state: TrainState, mb: Rollout, kl_coef, old_values: jax.Array,
@@ -170,7 +180,7 @@ class Update:
       _, idx = xs
       take = lambda x: jnp.take(x, idx, axis=0)
       state, metrics = self.step_given_advantages(state, jax.tree.map(take, r), take(adv),
-                                                  take(returns))
+                                                  take(returns), kl_coef)
       return (state, old_values), metrics
 
     (state, _), metrics = jax.lax.scan(step, (state, r.old_values),
@@ -247,7 +257,10 @@ def make_update(model: model_lib.Transformer, optimizer: optax.GradientTransform
   jitted = shd.on_mesh(jax.jit(update, in_shardings=shardings, out_shardings=(state_sh, repl),
                                donate_argnums=(0,)), mesh, shardings)
 
+  devices = shd.batch_shards(mesh, model.cfg.logical_axis_rules)
+
   def call(state, rollout, kl_coef, key):
+    cfg.check_batch(rollout.scores.shape[0], devices)
     return jitted(state, rollout, jnp.asarray(kl_coef, jnp.float32), key)
 
   call.jitted = jitted.jitted

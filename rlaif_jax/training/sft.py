@@ -44,12 +44,13 @@ def make_train_step(model: model_lib.Transformer, optimizer: optax.GradientTrans
 def encode(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], prompt_length: int,
            response_length: int, chat: bool = True) -> DemonstrationBatch:
   """Token arrays for demonstrations; responses are cut to `response_length` tokens including the
-  end-of-turn token (the tokenizer's eos), prompts longer than `prompt_length` keep their end."""
+  end-of-turn token (the tokenizer's eos), a prompt longer than `prompt_length`
+  loses the start of its user text (`text.encode_texts`)."""
   eos = tokenizer.eos_token_id
   if eos is None:
     raise UserError('SFT needs a tokenizer with an eos token to end responses.')
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-  prompt_ids = [ids[-prompt_length:] for ids in text_lib.encode_texts(tokenizer, prompts, chat)]
+  prompt_ids = text_lib.encode_texts(tokenizer, prompts, chat, max_tokens=prompt_length)
   tokens, valid = text_lib.left_pad(prompt_ids, prompt_length, pad)
   response = np.full((len(responses), response_length), pad, np.int32)
   mask = np.zeros((len(responses), response_length), bool)
