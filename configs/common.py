@@ -107,6 +107,21 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.reward_model.eval_fraction = 0.1  # labeled pairs held out for accuracy
   c.reward_model.micro_batches = 1  # gradient accumulation: slices of each batch, one at a time
 
+  # dpo: the policy trained directly on the labels (instead of, or before, reward_model + rl)
+  c.dpo = ml_collections.ConfigDict()
+  c.dpo.loss = 'sigmoid'  # sigmoid (DPO) | ipo
+  c.dpo.labels = 'soft'  # soft: the judge's probability as the target | hard: the side it prefers
+  c.dpo.label_smoothing = 0.0  # hard labels -> {e, 1 - e} (conservative DPO)
+  c.dpo.beta = 0.1
+  c.dpo.steps = 100
+  c.dpo.batch_size = 8
+  c.dpo.micro_batches = 1
+  c.dpo.learning_rate = 1e-6
+  c.dpo.warmup_steps = 10
+  c.dpo.prompt_length = 128  # a longer prompt loses the start of its user text
+  c.dpo.response_length = 128  # each response, eos included
+  c.dpo.eval_fraction = 0.1  # labeled pairs held out for accuracy
+
   c.rl = ml_collections.ConfigDict()
   c.rl.algorithm = 'ppo'  # ppo | reinforce | rloo | grpo (GRPO, Dr. GRPO, DAPO, GSPO: see below)
   c.rl.reward = 'reward_model'  # reward_model (RLAIF) | judge (d-RLAIF)

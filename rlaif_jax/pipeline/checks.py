@@ -14,7 +14,7 @@ from rlaif_jax.infra.errors import MissingInput, UserError
 from rlaif_jax.models.config import to_dtype
 from rlaif_jax.rl.config import RLConfig
 
-TRAINING = ('sft', 'reward_model', 'rl')
+TRAINING = ('sft', 'reward_model', 'dpo', 'rl')
 NEEDS_JUDGE = ('label', 'eval')
 
 
@@ -29,6 +29,10 @@ def check_config(config: ml_collections.ConfigDict, stages: tuple[str, ...]) -> 
   _check_dtypes(config, run)
   if 'rl' in run:
     _check_rl(config)
+  if 'dpo' in run:
+    from rlaif_jax.pipeline.dpo import dpo_config
+    dpo_config(config.dpo)  # unknown loss or labels, beta <= 0...
+    _divides(config.dpo.batch_size, config.dpo.micro_batches, 'dpo.batch_size', 'dpo.micro_batches')
   if 'reward_model' in run:
     _divides(config.reward_model.batch_size, config.reward_model.micro_batches,
              'reward_model.batch_size', 'reward_model.micro_batches')

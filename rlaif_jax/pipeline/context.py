@@ -23,7 +23,7 @@ from rlaif_jax.models import loading
 from rlaif_jax.pipeline import checks
 
 # Every stage, in the order a run takes them; a stage's PRNG key is folded from its index here.
-STAGE_ORDER = ('generate', 'sft', 'label', 'reward_model', 'rl', 'eval', 'export')
+STAGE_ORDER = ('generate', 'sft', 'label', 'reward_model', 'dpo', 'rl', 'eval', 'export')
 DONE = 'DONE.json'
 
 
@@ -81,7 +81,7 @@ class RunContext:
 
   def policy_dir(self, reference: bool = False) -> epath.Path | None:
     """Where the current (or, with reference=True, the reference) policy's parameters are."""
-    for stage in (('sft',) if reference else ('rl', 'sft')):
+    for stage in (('sft',) if reference else ('rl', 'dpo', 'sft')):
       if checkpoints.read_marker(self.path(stage, 'policy')) is not None:
         return self.path(stage, 'policy')
     return None

@@ -9,8 +9,10 @@ killed part way resumes from its last checkpoint):
   label          label/label_chunks/*.jsonl + label/DONE.json: response pairs from the policy, soft
                  labels from the debiased judge (the rows the reward_model stage reads)
   reward_model   reward_model/model (reward_stats.json last): the reward model and its statistics
-  rl             rl/policy (DONE.json last): PPO / REINFORCE / RLOO against the reward model or the
-                 judge; rl/checkpoints while it runs
+  dpo            dpo/policy (DONE.json last): the policy trained directly on the labels (DPO, IPO,
+                 soft-label DPO), reference log-probs in dpo/reference.json; dpo/checkpoints
+  rl             rl/policy (DONE.json last): PPO / REINFORCE / RLOO / GRPO against the reward model
+                 or the judge; rl/checkpoints while it runs
   eval           eval/eval.json, eval/report.md, eval/*.png: win rate against the reference policy on
                  held-out prompts (both orders), harmless rate, optional judge-human alignment
   export         export/: the policy as a Hugging Face folder (config.json, safetensors, tokenizer)
@@ -28,12 +30,13 @@ import jax
 import ml_collections
 
 from rlaif_jax.infra import checkpoints, storage
-from rlaif_jax.pipeline import checks, evaluate, export, generate, label, report, reward_model, rl, sft
+from rlaif_jax.pipeline import (checks, dpo, evaluate, export, generate, label, report, reward_model,
+                                rl, sft)
 from rlaif_jax.pipeline.context import STAGE_ORDER, RunContext
 
 STAGES: dict[str, Callable[[RunContext], dict[str, Any]]] = {
     'generate': generate.run_stage, 'sft': sft.run_stage, 'label': label.run_stage,
-    'reward_model': reward_model.run_stage, 'rl': rl.run_stage, 'eval': evaluate.run_stage,
+    'reward_model': reward_model.run_stage, 'dpo': dpo.run_stage, 'rl': rl.run_stage, 'eval': evaluate.run_stage,
     'export': export.run_stage,
 }
 assert tuple(STAGES) == STAGE_ORDER
