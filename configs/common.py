@@ -123,8 +123,15 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.dpo.eval_fraction = 0.1  # labeled pairs held out for accuracy
 
   c.rl = ml_collections.ConfigDict()
-  c.rl.algorithm = 'ppo'  # ppo | reinforce | rloo | grpo (GRPO, Dr. GRPO, DAPO, GSPO: see below)
+  c.rl.algorithm = 'ppo'  # ppo | reinforce | rloo | grpo (GRPO, Dr. GRPO, DAPO, GSPO: see below) |
+  #                         online_dpo
   c.rl.reward = 'reward_model'  # reward_model (RLAIF) | judge (d-RLAIF)
+  # online_dpo (samples_per_prompt=2): each pair labeled, then DPO steps on it
+  c.rl.preference = 'scores'  # scores: s((score_a - score_b) / temperature) | pairwise: the judge's
+  c.rl.preference_temperature = 1.0
+  c.rl.dpo_loss = 'sigmoid'  # sigmoid (DPO) | ipo
+  c.rl.dpo_labels = 'soft'  # soft | hard
+  c.rl.dpo_beta = 0.1
   c.rl.value_model = 'shared'  # shared | separate (PPO only)
   c.rl.iterations = 20
   c.rl.batch_size = 8  # prompts per iteration (each sampled samples_per_prompt times)

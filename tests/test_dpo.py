@@ -115,3 +115,24 @@ def test_dpo_stage_learns_synthetic_preferences(tmp_path, tiny_hf_folder):
   assert ctx.policy_dir().name == 'policy' and ctx.policy_dir().parent.name == 'dpo'
   assert ctx.policy_dir(reference=True) is None
   assert runner.run_stages(config, str(tmp_path))['dpo'] == summary  # complete: skipped
+
+
+def test_online_dpo_stage_with_the_judges_pairwise_labels(tmp_path, tiny_hf_folder):
+  """rl.algorithm=online_dpo in the pipeline: no reward model stage; each iteration's pairs are
+  labeled by the judge (debiased, both orders) and a DPO update follows."""
+  config = tiny.get_config()
+  config.model.source = tiny_hf_folder
+  config.stages = ('rl',)
+  config.rl.algorithm, config.rl.samples_per_prompt, config.rl.minibatches = 'online_dpo', 2, 1
+  config.rl.reward, config.rl.preference, config.rl.iterations = 'judge', 'pairwise', 3
+  summary = runner.run_stages(config, str(tmp_path))['rl']
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  rl_rows = [r for r in rows if r['stage'] == 'rl']
+  assert len(rl_rows) == 3 and (tmp_path / 'rl' / 'policy' / 'DONE.json').exists()
+  for r in rl_rows:
+    assert np.isfinite(r['dpo_loss']) and 0 <= r['label_confidence'] <= 1
+    assert r['score'] == pytest.approx(0.5, abs=1e-6)  # p and 1 - p: the pairs' soft labels
+    assert r['time_scoring'] > 0 and r['share_update'] > 0
+  assert any(r['label_confidence'] > 0 for r in rl_rows)  # the judge did not say 0.5 throughout
+  assert not (tmp_path / 'reward_model').exists()
+  assert summary

@@ -268,3 +268,73 @@ def test_rl_refuses_top_k_and_top_p_sampling():
     with pytest.raises(UserError, match='rl.sampling.top_k=0 and rl.sampling.top_p=1.0'):
       rl_loop.RLLoop(policy, mesh, RLConfig('ppo'), sampler.SamplingConfig(4, temperature=1.0, **kw),
                      optax.sgd(0.1), lambda x: None)
+
+
+# ---------------------------------------------------------------- online DPO
+def test_online_dpo_raises_the_programmatic_reward():
+  """Two samples a prompt, labeled from a stand-in judge's scores (the target fraction), DPO steps."""
+  cfg = RLConfig('online_dpo', samples_per_prompt=2, epochs=2, minibatches=2, dpo_beta=0.1,
+                 preference_temperature=0.1)
+  history, loop = run_loop(cfg, iterations=30)
+  start = np.mean([h['score'] for h in history[:3]])
+  end = np.mean([h['score'] for h in history[-3:]])
+  assert end > start + 0.3, (start, end)
+  assert loop.update.jitted._cache_size() == 1
+  for h in history:
+    assert np.isfinite(h['dpo_loss']) and h['kl'] < 30.0
+    np.testing.assert_allclose(h['share_rollout'] + h['share_scoring'] + h['share_update'], 1.0,
+                               rtol=1e-6)
+  # while the pairs still differ, the policy's implicit reward ranks them as the labels do; once
+  # every sample is all-target the pairs tie (label confidence 0) and the steps stop moving it
+  assert np.mean([h['preference_accuracy'] for h in history[:4]]) > 0.8
+  assert history[0]['label_confidence'] > 0.1 and history[-1]['label_confidence'] < 0.05
+
+
+def test_online_dpo_keeps_pairs_whole_across_micro_batches_and_devices():
+  single = shd.make_mesh({'data': 1}, jax.devices()[:1])
+  weights, rollout = random_rollout(5, 3, rows=32, new_tokens=6, ragged=True)
+  rollout = rollout._replace(old_values=None,
+                             scores=np.random.default_rng(1).uniform(size=32).astype(np.float32))
+  cfg = RLConfig('online_dpo', samples_per_prompt=2, epochs=2, minibatches=2)
+  results = []
+  for mesh, micro in ((single, 1), (single, 2), (shd.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}), 2)):
+    model = loading.place(CFG.replace(scalar_head=False), weights, mesh)
+    update = rl_update.make_update(model, optax.sgd(0.1), mesh,
+                                   dataclasses.replace(cfg, micro_batches=micro))
+    state, metrics = update(update.init(), rollout, 0.05, jax.random.key(1))
+    results.append((hf_checkpoint.host_arrays(state.params['policy']), jax.device_get(metrics)))
+  assert max(np.abs(results[0][0][n] - weights[n]).max() for n in results[0][0]) > 1e-4
+  for params, metrics in results[1:]:
+    for n in params:
+      np.testing.assert_allclose(params[n], results[0][0][n], atol=2e-5, err_msg=n)
+    np.testing.assert_allclose(metrics['dpo_loss'], results[0][1]['dpo_loss'], rtol=1e-4)
+  with pytest.raises(UserError, match='samples_per_prompt=2'):
+    RLConfig('online_dpo', samples_per_prompt=4)
+  with pytest.raises(UserError, match="rl.reward='judge'"):
+    RLConfig('online_dpo', samples_per_prompt=2, preference='pairwise')
+  with pytest.raises(UserError, match='8 pairs'):
+    dataclasses.replace(cfg, minibatches=3).check_batch(16)
+
+
+def test_online_dpo_loss_is_dpo_on_each_pair():
+  """The update's first-step loss equals the DPO formula on the rollout's pairs (rows 2i, 2i+1)."""
+  from rlaif_jax.rl import online_dpo
+  from rlaif_jax.generation import scoring
+  single = shd.make_mesh({'data': 1}, jax.devices()[:1])
+  weights, r = random_rollout(6, 4, rows=8, new_tokens=5, ragged=True)
+  r = r._replace(old_values=None, scores=np.linspace(0, 1, 8).astype(np.float32),
+                 ref_log_probs=np.asarray(r.old_log_probs) - 0.3)
+  model = loading.place(CFG.replace(scalar_head=False), weights, single)
+  cfg = RLConfig('online_dpo', samples_per_prompt=2, preference_temperature=0.5, dpo_beta=0.2)
+  value, _ = online_dpo.loss(model, online_dpo.pairs(r), cfg)
+  lp = np.asarray(scoring.token_scores(model, r.prompt, r.prompt_valid, r.response, r.mask).log_probs)
+  m = np.asarray(r.mask)
+  pi, ref = (lp * m).sum(1), (np.asarray(r.ref_log_probs) * m).sum(1)
+  h = (pi[0::2] - ref[0::2]) - (pi[1::2] - ref[1::2])
+  p = 1 / (1 + np.exp(-(r.scores[0::2] - r.scores[1::2]) / 0.5))
+  want = np.mean(-(p * log_sig(0.2 * h) + (1 - p) * log_sig(-0.2 * h)))
+  np.testing.assert_allclose(float(value), want, rtol=1e-5)
+
+
+def log_sig(x):
+  return -np.logaddexp(0.0, -x)

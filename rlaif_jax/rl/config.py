@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from rlaif_jax.infra.errors import UserError
 
-ALGORITHMS = ('ppo', 'reinforce', 'rloo', 'grpo')
+ALGORITHMS = ('ppo', 'reinforce', 'rloo', 'grpo', 'online_dpo')
 REWARDS = ('reward_model', 'judge')
 # How per-token losses become one number: over every real token of the minibatch (DAPO, and PPO
 # here), per response then over responses (GRPO's paper), or summed and divided by rows x the
@@ -17,12 +17,13 @@ LOSS_AGGREGATIONS = ('token_mean', 'sequence_mean', 'token_sum')
 IMPORTANCE_RATIOS = ('token', 'sequence')  # sequence: GSPO's length-normalised sequence ratio
 SCALE_REWARDS = ('group', 'batch', 'none')  # GRPO's advantage divisor; none = Dr. GRPO
 KL_IN = ('reward', 'loss')  # the KL leash: a penalty in the reward, or a loss term (GRPO's k3)
+PREFERENCES = ('scores', 'pairwise')  # online DPO's labels: from the two scores, or the judge's pair
 
 
 @dataclasses.dataclass(frozen=True)
 class RLConfig:
   """What the RL update and iteration do (config.rl holds these fields and the loop's own)."""
-  algorithm: str = 'ppo'  # ppo | reinforce | rloo | grpo
+  algorithm: str = 'ppo'  # ppo | reinforce | rloo | grpo | online_dpo
   epochs: int = 2  # passes over each rollout batch
   minibatches: int = 2  # per epoch
   micro_batches: int = 1  # gradient accumulation: slices of each minibatch, one at a time
@@ -50,6 +51,13 @@ class RLConfig:
   kl_horizon: float = 10000.0  # the controller's horizon (in samples)
   missing_eos_penalty: float = 0.0  # subtracted from the score of a response that never stopped
   reward: str = 'reward_model'  # the score: 'reward_model' (canonical RLAIF) or 'judge' (d-RLAIF)
+  # online_dpo: two samples a prompt, labeled, then DPO steps (no reward model or value model needed)
+  preference: str = 'scores'  # scores: P(a better) = s((score_a - score_b) / preference_temperature);
+  #                             pairwise: the judge's debiased soft preference of the pair
+  preference_temperature: float = 1.0
+  dpo_loss: str = 'sigmoid'  # sigmoid (DPO) | ipo (as the dpo stage's dpo.loss)
+  dpo_labels: str = 'soft'  # soft | hard (the side preferred)
+  dpo_beta: float = 0.1  # DPO's beta: the strength of the implicit KL leash to the reference
 
   @classmethod
   def from_config(cls, c: Mapping[str, Any]) -> 'RLConfig':
@@ -72,7 +80,19 @@ class RLConfig:
     if self.algorithm == 'grpo' and self.samples_per_prompt < 2:
       raise UserError('rl.algorithm=grpo needs rl.samples_per_prompt >= 2 (advantages are '
                       'normalised within the group of samples of each prompt).')
+    if self.algorithm == 'online_dpo' and self.samples_per_prompt != 2:
+      raise UserError('rl.algorithm=online_dpo needs rl.samples_per_prompt=2 (each prompt\'s two '
+                      'samples are the pair the judge labels).')
+    if self.algorithm == 'online_dpo' and self.preference == 'pairwise' and self.reward != 'judge':
+      raise UserError("rl.preference='pairwise' asks the judge about each pair: set rl.reward='judge'.")
+    if self.dpo_beta <= 0:
+      raise UserError(f'rl.dpo_beta must be > 0, got {self.dpo_beta}.')
+    if self.preference_temperature <= 0:
+      raise UserError(f'rl.preference_temperature must be > 0, got {self.preference_temperature}.')
     for name, value, choices in (('loss_aggregation', self.loss_aggregation, LOSS_AGGREGATIONS),
+                                 ('preference', self.preference, PREFERENCES),
+                                 ('dpo_loss', self.dpo_loss, ('sigmoid', 'ipo')),
+                                 ('dpo_labels', self.dpo_labels, ('soft', 'hard')),
                                  ('importance_ratio', self.importance_ratio, IMPORTANCE_RATIOS),
                                  ('scale_rewards', self.scale_rewards, SCALE_REWARDS),
                                  ('kl_in', self.kl_in, KL_IN)):
@@ -91,18 +111,21 @@ class RLConfig:
     minibatches and micro-batches, or a micro-batch into the devices its rows are spread over
     (`batch_devices`: the mesh's batch axes; rows that do not divide them would be replicated on
     every device instead of split)."""
+    unit = 'rows'
+    if self.algorithm == 'online_dpo':  # minibatches and micro-batches take whole pairs
+      rows, unit = rows // 2, 'pairs'
     if rows % self.minibatches:
-      raise UserError(f'A rollout of {rows} rows (prompts x samples_per_prompt) does not split into '
-                      f'rl.minibatches={self.minibatches}; make the batch a multiple of it.')
+      raise UserError(f'A rollout of {rows} {unit} (prompts x samples_per_prompt) does not split '
+                      f'into rl.minibatches={self.minibatches}; make the batch a multiple of it.')
     per = rows // self.minibatches
     if per % self.micro_batches:
-      raise UserError(f'A minibatch of {per} rows does not split into rl.micro_batches='
+      raise UserError(f'A minibatch of {per} {unit} does not split into rl.micro_batches='
                       f'{self.micro_batches}; make the minibatch a multiple of it.')
     micro = per // self.micro_batches
     if micro % batch_devices:
-      raise UserError(f'A micro-batch of {micro} rows does not split over the {batch_devices} devices '
-                      f'of the mesh\'s batch axes (it would be copied to every device); make rows '
-                      f'per micro-batch a multiple of {batch_devices}.')
+      raise UserError(f'A micro-batch of {micro} {unit} does not split over the {batch_devices} '
+                      f'devices of the mesh\'s batch axes (it would be copied to every device); make '
+                      f'{unit} per micro-batch a multiple of {batch_devices}.')
 
 
 def values_from_first_step(cfg: RLConfig) -> bool:

@@ -73,6 +73,23 @@ def judge_rewards(judge: Any, tokenizer: Any) -> RewardSource:
   return source
 
 
+def judge_pair_rewards(judge: Any, tokenizer: Any) -> RewardSource:
+  """Online DPO's pairwise labels (rl.preference='pairwise'): rows 2i and 2i + 1 are prompt i's two
+  samples; the judge's debiased soft preference p of the pair becomes their "scores" (p, 1 - p),
+  which `online_dpo.preference_targets` reads back."""
+
+  def source(x: Responses) -> Rewards:
+    if x.prompt_texts is None:
+      raise ValueError('Pairwise judge labels need the prompt texts; pass PromptBatch(texts=...).')
+    response, mask = distributed.to_host((x.response, x.mask))
+    texts = [tokenizer.decode(r[m], skip_special_tokens=True) for r, m in zip(response, mask)]
+    p = judge.pairwise(list(x.prompt_texts[0::2]), texts[0::2], texts[1::2]).p_a_better
+    scores = np.stack([p, 1 - p], axis=1).reshape(-1).astype(np.float32)
+    return Rewards(scores, scores)
+
+  return source
+
+
 def make_reward_source(cfg: RLConfig, *, reward_model: tuple | None = None, judge: Any = None,
                        tokenizer: Any = None) -> RewardSource:
   """The reward source rl.reward names: 'reward_model' needs reward_model=(model, params, mesh,
@@ -84,6 +101,8 @@ def make_reward_source(cfg: RLConfig, *, reward_model: tuple | None = None, judg
     return reward_model_rewards(*reward_model)
   if judge is None or tokenizer is None:
     raise ValueError("rl.reward='judge' needs the judge model and its tokenizer.")
+  if cfg.algorithm == 'online_dpo' and cfg.preference == 'pairwise':
+    return judge_pair_rewards(judge, tokenizer)
   return judge_rewards(judge, tokenizer)
 
 

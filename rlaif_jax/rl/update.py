@@ -1,6 +1,6 @@
 """The RL update: PPO (clipped surrogate + value loss), REINFORCE with a baseline, RLOO and GRPO
-(with Dr. GRPO's, DAPO's and GSPO's variants as settings), as one jitted, sharded function per
-algorithm that donates its state.
+(with Dr. GRPO's, DAPO's and GSPO's variants as settings) and online DPO (`rl/online_dpo.py`), as
+one jitted, sharded function per algorithm that donates its state.
 
 `make_update` returns `update(state, rollout, kl_coef, key) -> (state, metrics)`, which runs `epochs`
 passes over shuffled minibatches inside one `lax.scan`. Its pieces, each a method of `Update`:
@@ -26,7 +26,7 @@ from flax import nnx
 from rlaif_jax.generation import scoring
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import transformer as model_lib
-from rlaif_jax.rl import losses
+from rlaif_jax.rl import losses, online_dpo
 from rlaif_jax.rl.advantages import advantages_and_returns
 from rlaif_jax.rl.config import RLConfig, values_from_first_step
 from rlaif_jax.rl.rollout import Rollout
@@ -137,9 +137,9 @@ class Update:
     k = self.cfg.micro_batches
     weights = losses.aggregation_weights(step_lib.split_micro_batches(mb.mask, k),
                                          self.cfg.loss_aggregation)
-    (loss, metrics), grads = step_lib.accumulated_value_and_grad(
+    (loss, metrics), grads = self.accumulated(
         lambda params, batch: self.loss_given_advantages(params, batch, kl_coef), state.params,
-        (mb, adv, returns), k, weights)
+        (mb, adv, returns), weights)
     return self.apply(state, grads, loss, metrics)
 
   def step_with_first_values(self, state: TrainState, mb: Rollout, kl_coef, old_values: jax.Array,
@@ -216,7 +216,15 @@ class Update:
       metrics['explained_variance'] = losses.explained_variance(r.old_values, returns, r.mask)
     return metrics
 
+  def accumulated(self, fn, params: Any, batch: Any, weights: jax.Array):
+    """`value_and_grad(fn, has_aux=True)(params, batch)` accumulated over rl.micro_batches slices."""
+    return step_lib.accumulated_value_and_grad(fn, params, batch, self.cfg.micro_batches, weights)
+
   def __call__(self, state: TrainState, r: Rollout, kl_coef, key: jax.Array):
+    if self.cfg.algorithm == 'online_dpo':  # steps over pairs, DPO's loss (rl/online_dpo.py)
+      order = self.minibatch_order(key, r.scores.shape[0] // 2)
+      state, metrics, r, (_, returns, kl) = online_dpo.epochs(self, state, r, order)
+      return state, self.summary(metrics, r, returns, kl)
     order = self.minibatch_order(key, r.scores.shape[0])
     epochs = (self.epochs_with_first_values if self.old_values_policy(r) == 'first_step'
               else self.epochs_given_advantages)
