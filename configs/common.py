@@ -49,6 +49,12 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   # never all alive, in the forward or the backward pass; 0 = as many rows as keep a chunk within
   # 2^24 logits (64 MiB float32).
   c.model.logit_chunk_rows = 0
+  # LoRA on the policy (sft, dpo, rl): only adapters train and are updated by the optimizer; RL's
+  # reference is the same weights with the adapters off (no second copy) unless an sft stage ran;
+  # export merges them. Every policy stage of a workdir uses the same setting.
+  c.model.lora_rank = 0  # 0 = off
+  c.model.lora_alpha = 16.0
+  c.model.lora_targets = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')
   # The architecture as Hugging Face config.json fields (vocab_size, hidden_size, ...), for planning
   # without the checkpoint (python -m rlaif_jax.plan); empty = read it from model.source.
   c.model.architecture = ml_collections.ConfigDict()

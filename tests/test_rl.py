@@ -41,10 +41,12 @@ def target_rewards(x: rewards.Responses) -> rewards.Rewards:
 
 
 def run_loop(cfg: rl_config.RLConfig, iterations: int, batch: int = 32, stop_tokens=(), model_cfg=CFG,
-             on_state=None):
+             on_state=None, own_reference=False):
+  """own_reference: pass no reference (a LoRA policy's is its base weights, adapters off)."""
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
   policy = loading.random_model(model_cfg, 0, mesh)
-  reference = jax.tree.map(jnp.copy, nnx.state(policy))  # frozen copy of the starting parameters
+  # frozen copy of the starting parameters
+  reference = None if own_reference else jax.tree.map(jnp.copy, nnx.state(policy))
   value_model = loading.random_model(CFG, 1, mesh) if cfg.value_model == 'separate' else None
   settings = sampler.SamplingConfig(6, temperature=1.0, stop_tokens=stop_tokens)
   loop = rl_loop.RLLoop(policy, mesh, cfg, settings,

@@ -79,6 +79,9 @@ class ModelConfig:
   remat: str = 'none'  # what a block keeps for its backward pass: see REMAT_POLICIES
   scan_layers: bool = False  # blocks stacked [L, ...] and run by one lax.scan (compiled once)
   logit_chunk_rows: int = 0  # rows per chunk of the LM-head log-probs; 0 = by vocabulary size
+  lora_rank: int = 0  # > 0: LoRA adapters of this rank on lora_targets (models/lora.py)
+  lora_alpha: float = 16.0  # adapters scaled by alpha / rank
+  lora_targets: tuple[str, ...] = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')
   logical_axis_rules: tuple[tuple[str, Any], ...] = shd.DEFAULT_RULES
 
   def __post_init__(self):
@@ -96,6 +99,9 @@ class ModelConfig:
       raise UserError('Sliding-window layers need sliding_window >= 1.')
     if not (self.lm_head or self.scalar_head):
       raise UserError('A model needs an LM head or a scalar head (lm_head=False needs scalar_head).')
+    if self.lora_rank < 0 or set(self.lora_targets) - {'q', 'k', 'v', 'o', 'gate', 'up', 'down'}:
+      raise UserError(f'LoRA needs rank >= 0 and targets among q, k, v, o, gate, up, down; got rank '
+                      f'{self.lora_rank}, targets {self.lora_targets}.')
     if self.remat not in REMAT_POLICIES:
       raise UserError(f'Unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}.')
 

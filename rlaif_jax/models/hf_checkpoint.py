@@ -19,7 +19,7 @@ from flax import nnx
 
 from rlaif_jax.infra import distributed, storage
 from rlaif_jax.infra import sharding as shd
-from rlaif_jax.models import families, safetensors_io, stacking
+from rlaif_jax.models import families, lora, safetensors_io, stacking
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.infra.errors import MissingInput, UserError
 
@@ -156,6 +156,8 @@ def export_folder(state: Any, cfg: ModelConfig, folder: storage.PathLike, tokeni
     raise UserError('This model has no LM head (a reward or value model): there is no causal LM to '
                     'export. Export the policy.')
   arrays = host_arrays(state)
+  if cfg.lora_rank:  # LoRA adapters folded into their weights: a plain checkpoint
+    arrays, cfg = lora.merged(arrays, cfg), cfg.replace(lora_rank=0)
   cfg = cfg.replace(scalar_head=False)  # the export is a causal LM; a scalar head stays ours
   tensors = {hf: to_hf(arrays[ours]) for ours, hf, _, to_hf in weight_table(cfg)}
   if distributed.is_writer():

@@ -17,6 +17,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.infra.errors import UserError
+from rlaif_jax.models import lora
 from rlaif_jax.models.config import ModelConfig, to_dtype
 
 
@@ -120,6 +121,12 @@ def _project(x: jax.Array, w: jax.Array) -> jax.Array:
   return _proj(x, w.reshape(e, n * d)).reshape(*x.shape[:-1], n, d)
 
 
+def _adapted(module: nnx.Module, target: str, x: jax.Array, y: jax.Array) -> jax.Array:
+  """A projection's output y plus its LoRA adapter's on the same input x (y as it is without)."""
+  d = lora.delta(module, target, x, module.cfg)
+  return y if d is None else y + d.reshape(y.shape).astype(y.dtype)
+
+
 def soft_cap(x: jax.Array, cap: float) -> jax.Array:
   return cap * jnp.tanh(x / cap) if cap else x
 
@@ -131,6 +138,9 @@ class Attention(nnx.Module):
     self.k = param(rngs, (e, k, d), ('embed', 'kv_heads', 'head_dim'), cfg)
     self.v = param(rngs, (e, k, d), ('embed', 'kv_heads', 'head_dim'), cfg)
     self.o = param(rngs, (h, d, e), ('heads', 'head_dim', 'embed'), cfg, scale=h * d)
+    for name, n, axis in (('q', h, 'heads'), ('k', k, 'kv_heads'), ('v', k, 'kv_heads')):
+      lora.add(self, name, cfg, rngs, (e,), ('embed',), (n, d), (axis, 'head_dim'))
+    lora.add(self, 'o', cfg, rngs, (h, d), ('heads', 'head_dim'), (e,), ('embed',))
     if cfg.attention_bias:
       zeros = lambda n, axis: nnx.Param(jnp.zeros((n, d), to_dtype(cfg.param_dtype)),
                                         logical_axes=(axis, 'head_dim'))
@@ -145,7 +155,8 @@ class Attention(nnx.Module):
     """x: [B, T, E] -> q [B, T, H, D], k and v [B, K, T, D], rotary embedding applied."""
     cfg = self.cfg
     dt, rules = to_dtype(cfg.dtype), cfg.logical_axis_rules
-    q, k, v = (_project(x, w[...].astype(dt)) for w in (self.q, self.k, self.v))
+    q, k, v = (_adapted(self, name, x, _project(x, getattr(self, name)[...].astype(dt)))
+               for name in ('q', 'k', 'v'))
     if cfg.attention_bias:
       q, k, v = (y + b[...].astype(dt) for y, b in ((q, self.q_bias), (k, self.k_bias), (v, self.v_bias)))
     if cfg.qk_norm:
@@ -189,7 +200,8 @@ class Attention(nnx.Module):
     b, t, h, d = out.shape
     out = shd.constrain(out, ('batch', 'length', 'act_heads', None), self.cfg.logical_axis_rules)
     # As one [B*T, H*D] x [H*D, E] matmul: an einsum over (h, d) let XLA re-lay out the weight.
-    return _proj(out.reshape(b, t, h * d), self.o[...].astype(dt).reshape(h * d, -1))
+    flat = out.reshape(b, t, h * d)
+    return _adapted(self, 'o', flat, _proj(flat, self.o[...].astype(dt).reshape(h * d, -1)))
 
 
 ACTIVATION_FNS = {
@@ -205,11 +217,15 @@ class MLP(nnx.Module):
     self.gate = param(rngs, (e, m), ('embed', 'mlp'), cfg)
     self.up = param(rngs, (e, m), ('embed', 'mlp'), cfg)
     self.down = param(rngs, (m, e), ('mlp', 'embed'), cfg)
+    for name, i, o in (('gate', (e, 'embed'), (m, 'mlp')), ('up', (e, 'embed'), (m, 'mlp')),
+                       ('down', (m, 'mlp'), (e, 'embed'))):
+      lora.add(self, name, cfg, rngs, (i[0],), (i[1],), (o[0],), (o[1],))
     self.cfg = cfg
 
   def __call__(self, x):
     dt = to_dtype(self.cfg.dtype)
-    h = ACTIVATION_FNS[self.cfg.activation](_proj(x, self.gate[...].astype(dt))) * _proj(
-        x, self.up[...].astype(dt))
+    gate = _adapted(self, 'gate', x, _proj(x, self.gate[...].astype(dt)))
+    h = ACTIVATION_FNS[self.cfg.activation](gate) * _adapted(self, 'up', x,
+                                                             _proj(x, self.up[...].astype(dt)))
     h = shd.constrain(h, ('batch', 'length', 'act_mlp'), self.cfg.logical_axis_rules)
-    return _proj(h, self.down[...].astype(dt))
+    return _adapted(self, 'down', h, _proj(h, self.down[...].astype(dt)))

@@ -9,6 +9,7 @@ A path may be a URL (gs://, s3://): the file or folder is copied to a local cach
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from typing import Any, Sequence
@@ -18,7 +19,7 @@ from flax import nnx
 
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.infra import storage
-from rlaif_jax.models import gguf_checkpoint, hf_checkpoint, stacking
+from rlaif_jax.models import gguf_checkpoint, hf_checkpoint, lora, stacking
 from rlaif_jax.models.config import ModelConfig
 from rlaif_jax.models.transformer import Transformer
 from rlaif_jax.infra.errors import MissingInput, UserError
@@ -80,6 +81,8 @@ def place(cfg: ModelConfig, weights: Any, mesh: jax.sharding.Mesh | None = None)
   if cfg.scan_layers:
     weights = stacking.StackedView(weights, cfg.num_layers)
   graphdef, abstract_state = nnx.split(abstract_model(cfg))
+  if cfg.lora_rank:  # adapters a checkpoint lacks start fresh (B = 0: the model is unchanged)
+    weights = collections.ChainMap(lora.fresh(abstract_state, weights), weights)
   expected = set(shd.flat_names(abstract_state))
   missing = sorted(expected - set(weights))
   if missing:

@@ -53,7 +53,8 @@ class RunContext:
   # ------------------------------------------------------------------------ models
   def load(self, source: str, scalar_head: bool = False, frozen: bool = False,
            param_dtype: str = '', dtype: str = '', lm_head: bool = True,
-           restore_from: epath.Path | None = None, marker: str = DONE, what: str = 'model'):
+           restore_from: epath.Path | None = None, marker: str = DONE, what: str = 'model',
+           lora: bool = False):
     """(model, tokenizer) from `source` (default: config.model.source) with the run's dtypes: a
     model that trains keeps model.param_dtype (float32 master parameters); a frozen one is stored in
     model.frozen_param_dtype when that is set. Both compute in model.dtype. lm_head=False: a
@@ -61,12 +62,15 @@ class RunContext:
 
     restore_from: a finished stage's parameters (`checkpoints.save_params`), restored straight onto
     the mesh; the source then gives only the architecture and tokenizer, its weights are not read.
-    A scalar head the checkpoint lacks (a policy restored as a value model) starts at zero."""
+    A scalar head the checkpoint lacks (a policy restored as a value model) starts at zero.
+    lora: the policy, with config.model's LoRA adapters (lora_rank > 0)."""
     m = self.config.model
     stored = param_dtype or (m.frozen_param_dtype if frozen else '') or m.param_dtype
     overrides = dict(scalar_head=scalar_head, lm_head=lm_head, param_dtype=stored,
                      dtype=dtype or m.dtype, remat=m.remat, scan_layers=m.scan_layers,
                      logit_chunk_rows=m.get('logit_chunk_rows', 0),
+                     **(dict(lora_rank=m.lora_rank, lora_alpha=m.lora_alpha,
+                             lora_targets=tuple(m.lora_targets)) if lora else {}),
                      logical_axis_rules=self.rules)
     if restore_from is None:
       return loading.load_model(source or m.source, self.mesh, **overrides)
@@ -90,7 +94,7 @@ class RunContext:
     """(model with the current or reference policy's parameters, tokenizer); frozen: a copy that
     is not trained (see `load`)."""
     return self.load(self.config.model.source, scalar_head, frozen,
-                     restore_from=self.policy_dir(reference), what='policy')
+                     restore_from=self.policy_dir(reference), what='policy', lora=True)
 
   def judge(self, task: str | None = None) -> Judge:
     j = self.config.judge

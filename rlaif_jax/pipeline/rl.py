@@ -94,9 +94,13 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
                   shd.batch_shards(ctx.mesh, ctx.rules))  # before any model loads
   shared = cfg.algorithm == 'ppo' and cfg.value_model == 'shared'
   policy, tokenizer = ctx.policy(scalar_head=shared)
-  # the reference parameters in the policy's own layout (with its head when the value head is shared)
-  reference = jax.tree.map(jnp.copy, nnx.state(ctx.policy(reference=True, scalar_head=shared,
-                                                          frozen=True)[0]))
+  # the reference parameters in the policy's own layout (with its head when the value head is
+  # shared); a LoRA policy started from the base model has its own base weights (adapters off) as
+  # reference: None, no second copy
+  reference = None
+  if not (policy.cfg.lora_rank and ctx.policy_dir(reference=True) is None):
+    reference = jax.tree.map(jnp.copy, nnx.state(ctx.policy(reference=True, scalar_head=shared,
+                                                            frozen=True)[0]))
   iteration = build_loop(ctx, cfg, policy, tokenizer)
   state, kl_coef = train(ctx, cfg, iteration, tokenizer, reference)
   nnx.update(policy, state.params['policy'])

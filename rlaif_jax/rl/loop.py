@@ -22,6 +22,7 @@ from rlaif_jax.generation import sampler, scoring
 from rlaif_jax.generation.text import PromptBatch
 from rlaif_jax.infra import distributed
 from rlaif_jax.infra.errors import UserError
+from rlaif_jax.models import lora
 from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.rl import kl_control
 from rlaif_jax.rl import update as update_lib
@@ -56,7 +57,8 @@ class RLLoop:
   def iteration(self, state: TrainState, ref_params: Any, kl_coef: float, prompts: PromptBatch,
                 key: jax.Array) -> tuple[TrainState, float, dict[str, float]]:
     """One iteration on a prompt batch (each prompt repeated rl.samples_per_prompt times).
-    Returns (new state, next KL coefficient, metrics as floats)."""
+    ref_params: the reference policy's parameters, or None for a LoRA policy whose reference is its
+    own base weights (adapters off). Returns (new state, next KL coefficient, metrics as floats)."""
     cfg = self.cfg
     k = cfg.samples_per_prompt
     tokens, valid = np.repeat(prompts.tokens, k, 0), np.repeat(prompts.valid, k, 0)
@@ -68,6 +70,8 @@ class RLLoop:
     out = jax.block_until_ready(self.sample(policy, tokens, valid, k_sample))
     t1 = time.perf_counter()
 
+    if ref_params is None:  # LoRA: the reference is the policy with its adapters off
+      ref_params = lora.disabled(policy)
     ref = self.reference_scores(ref_params, tokens, valid, out.tokens, out.mask).log_probs
     # The sampler's log-probs are the policy's (same temperature): no scoring pass for them. PPO's
     # old values are left to the update, which takes them from its first forward pass when it can.

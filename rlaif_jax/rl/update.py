@@ -25,6 +25,7 @@ from flax import nnx
 
 from rlaif_jax.generation import scoring
 from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import lora
 from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.rl import losses, online_dpo
 from rlaif_jax.rl.advantages import advantages_and_returns
@@ -58,7 +59,10 @@ class UpdateModels(NamedTuple):
     return cls(parts(policy), None if value_model is None else parts(value_model))
 
   def policy_model(self, params: Any) -> model_lib.Transformer:
-    return nnx.merge(self.policy[0], params['policy'], self.policy[1])
+    model = nnx.merge(self.policy[0], params['policy'], self.policy[1])
+    if model.cfg.lora_rank:  # only the adapters train: no gradient for the base weights
+      model = nnx.merge(self.policy[0], lora.freeze_base(params['policy']), self.policy[1])
+    return model
 
   def critic(self, params: Any) -> model_lib.Transformer:
     """The model whose scalar head gives PPO's values: the separate value model or the policy."""
@@ -255,6 +259,9 @@ def make_update(model: model_lib.Transformer, optimizer: optax.GradientTransform
   old_values_policy`). `update.init()` is the initial train state, sharded as the update expects."""
   separate = check_models(model, cfg, value_model)
   models = {'policy': model, **({'value': value_model} if separate else {})}
+  if model.cfg.lora_rank:  # moments and updates for the policy's adapters (and a value model)
+    optimizer = lora.only_adapters(optimizer, lambda n: lora.trains(n)
+                                   or not models[n.split('/')[0]].cfg.lora_rank)
   update = Update(UpdateModels.split(model, value_model if separate else None), optimizer, cfg,
                   temperature)
   state_sh = train_state_shardings(models, optimizer, mesh)

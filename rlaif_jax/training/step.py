@@ -12,6 +12,7 @@ import optax
 from flax import nnx
 
 from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import lora
 from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.training.state import TrainState, init_state, train_state_shardings
 from rlaif_jax.infra.errors import UserError
@@ -81,9 +82,12 @@ def make_train_step(model: model_lib.Transformer, optimizer: optax.GradientTrans
   the gradient is accumulated over that many slices of the batch. `step.init()` gives the initial
   TrainState, sharded as the step expects, so the first call compiles once."""
   graphdef, _, rest = nnx.split(model, nnx.Param, ...)
+  if model.cfg.lora_rank:  # only the adapters train (models/lora.py)
+    optimizer = lora.only_adapters(optimizer)
 
   def step(state: TrainState, batch: Any):
-    fn = lambda params, b: loss(nnx.merge(graphdef, params, rest), b)
+    frozen = lora.freeze_base if model.cfg.lora_rank else (lambda p: p)
+    fn = lambda params, b: loss(nnx.merge(graphdef, frozen(params), rest), b)
     (value, metrics), grads = accumulated_value_and_grad(fn, state.params, batch, micro_batches)
     state, metrics['skipped'] = apply_gradients(optimizer, state, grads, value)
     metrics['grad_norm'] = optax.tree.norm(grads)
