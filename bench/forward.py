@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bench import machine
 from rlaif_jax.models import hf_checkpoint
 from rlaif_jax.models import loading
 from rlaif_jax.models import transformer as model_lib
@@ -70,7 +71,7 @@ def main():
 
   base = rows[1][2]
   print(f'\nForward pass, SmolLM2-135M-Instruct, batch {args.batch} x {args.length} tokens, '
-        f'{os.cpu_count()} CPU cores, jax {jax.__version__}, torch {torch.__version__}')
+        f'{machine.describe()}, jax {jax.__version__}, torch {torch.__version__}')
   print(f'{"implementation":<30}{"dtype":<14}{"seconds":>9}{"tokens/s":>11}{"vs torch":>10}')
   for name, dtype, sec in rows:
     print(f'{name:<30}{dtype:<14}{sec:>9.3f}{n_tokens / sec:>11.0f}{base / sec:>9.2f}x')

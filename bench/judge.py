@@ -15,6 +15,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from bench import machine
 from rlaif_jax.feedback import judge as judge_lib
 from rlaif_jax.feedback import requests as judge_requests
 from rlaif_jax.infra import sharding as shd
@@ -80,7 +81,7 @@ def main():
   p_theirs = theirs()
   t_theirs = time.perf_counter() - t
   print(f'\nJudge labeling, SmolLM2-135M-Instruct, {args.pairs} pairs x 2 orders, float32, '
-        f'{os.cpu_count()} CPU cores')
+        f'{machine.describe()}')
   print(f'{"implementation":<44}{"pairs/s":>9}{"ratio":>8}')
   print(f'{"rlaif_jax Judge.pairwise (batch " + str(args.batch) + ", jitted)":<44}'
         f'{args.pairs / t_ours:>9.2f}{t_theirs / t_ours:>7.2f}x')

@@ -25,6 +25,7 @@ import tempfile
 
 import numpy as np
 
+from bench import machine
 from rlaif_jax.infra import host
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -188,8 +189,8 @@ def report(work: str, results: dict, iterations: int) -> None:
   tunables = open(tunables_file).read() if os.path.exists(tunables_file) else 'not recorded'
   print(f'\nPPO iteration, SmolLM2-135M-Instruct as policy / reference / value / reward model, float32, '
         f'batch {len(PROMPTS)} x prompt {p} -> {SETTINGS["new_tokens"]} new tokens, '
-        f'{SETTINGS["epochs"]} epochs x {SETTINGS["minibatches"]} minibatch, {os.cpu_count()} CPU '
-        f'cores; jax {ours["jax"]}, torch {trl["torch"]}, trl {trl["trl"]}; '
+        f'{SETTINGS["epochs"]} epochs x {SETTINGS["minibatches"]} minibatch, {machine.describe()}; '
+        f'jax {ours["jax"]}, torch {trl["torch"]}, trl {trl["trl"]}; '
         f'{iterations} iterations each; results in {work}')
   print(f'{"":<18}{"s/iter steady":>15}{"first iter":>12}{"rollout":>10}{"scoring":>9}'
         f'{"update":>8}{"peak RSS MB":>13}{"TRL / this":>12}')

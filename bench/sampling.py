@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bench import machine
 from rlaif_jax.generation import sampler
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import hf_checkpoint
@@ -137,7 +138,7 @@ def main():
     rows.append((shape, b * n / ours, b * n / theirs, ours_prefill / ours, bound, cb, mb,
                  b * n / ours_dp, b * n / ours_scan))
 
-  print(f'\nSampling, SmolLM2-135M-Instruct, greedy, float32, {os.cpu_count()} CPU cores, '
+  print(f'\nSampling, SmolLM2-135M-Instruct, greedy, float32, {machine.describe()}, '
         f'jax {jax.__version__}, torch {torch.__version__}')
   print(f'machine: memory bandwidth {bandwidth / 1e9:.1f} GB/s; float32 matmul {flops_big / 1e9:.0f} '
         f'GFLOP/s (1024^3), {flops_decode / 1e9:.0f} GFLOP/s (decode shape 16x576x1536)')

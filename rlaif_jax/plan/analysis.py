@@ -49,13 +49,15 @@ abstract_model = loading.abstract_model  # shapes, dtypes and logical axes, noth
 
 
 def device_bytes(tree: Any, shardings: Any) -> int:
-  """Bytes one device holds of an abstract pytree laid out by `shardings` (the largest shard)."""
-  total = 0
-  for x, sh in zip(jax.tree.leaves(tree), jax.tree.leaves(
-      shardings, is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))):
-    shard = sh.shard_shape(x.shape) if x.shape else ()
-    total += math.prod(shard) * jnp.dtype(x.dtype).itemsize
-  return total
+  """Bytes one device holds of an abstract pytree laid out by `shardings` (the largest shard);
+  `shardings` may be a prefix of the tree (a sharding over an empty node, as for an optimizer's
+  masked-out parameters, covers no bytes)."""
+  def one(sh, sub):
+    return sum(math.prod(sh.shard_shape(x.shape) if x.shape else ()) * jnp.dtype(x.dtype).itemsize
+               for x in jax.tree.leaves(sub))
+  sizes = jax.tree.map(one, shardings, tree,
+                       is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
+  return int(sum(jax.tree.leaves(sizes)))
 
 
 def params_bytes(model: model_lib.Transformer, mesh: jax.sharding.Mesh) -> int:

@@ -104,7 +104,10 @@ def plan_models(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> P
   frozen = m.get('frozen_param_dtype') or m.param_dtype
   rl_cfg = RLConfig.from_config(config.rl)
   shared_head = rl_cfg.algorithm == 'ppo' and rl_cfg.value_model == 'shared'
-  policy_cfg = model_config(m.source, m.architecture, **common).replace(scalar_head=shared_head)
+  lora = dict(lora_rank=m.get('lora_rank', 0), lora_alpha=m.get('lora_alpha', 16.0),
+              lora_targets=tuple(m.get('lora_targets', ('q', 'k', 'v', 'o', 'gate', 'up', 'down'))))
+  policy_cfg = model_config(m.source, m.architecture, **common).replace(scalar_head=shared_head,
+                                                                        **lora)
   judge_cfg = model_config(j.source or m.source, j.get('architecture') or
                            (None if j.source else m.architecture), **common).replace(
       param_dtype=j.get('param_dtype') or frozen, dtype=j.get('dtype') or m.dtype)
@@ -239,9 +242,11 @@ def rl_steps(p: Planning) -> list[Step]:
   optimizer = state_lib.make_optimizer(c.learning_rate, c.iterations, c.warmup_steps)
   update = update_lib.make_update(p.policy, optimizer, p.mesh, p.rl, c.sampling.temperature or 1.0,
                                   value)
-  w_state = device_bytes(jax.eval_shape(update.init), state_lib.train_state_shardings(
-      {'policy': p.policy, **({'value': value} if value is not None else {})}, optimizer, p.mesh))
-  w_policy = p.weights(p.reference)  # the frozen reference policy
+  w_state = device_bytes(jax.eval_shape(update.init), update.state_shardings)
+  # the frozen reference policy; a LoRA policy started from the base model is its own reference
+  # (adapters off), so nothing more stays on the chips
+  own_reference = p.policy.cfg.lora_rank and 'sft' not in p.config.stages
+  w_policy = 0 if own_reference else p.weights(p.reference)
   scorer_weights = (p.weights(p.frozen_reward) if p.rl.reward == 'reward_model'
                     else p.weights(p.judge))
   others = w_policy + scorer_weights  # the reference and the reward source stay on the chips

@@ -280,4 +280,5 @@ def make_update(model: model_lib.Transformer, optimizer: optax.GradientTransform
 
   call.jitted = jitted.jitted
   call.init = lambda: jax.device_put(init_state(models, optimizer), state_sh)
+  call.state_shardings = state_sh  # of the optimizer the update uses (LoRA: adapters' moments only)
   return call

@@ -1,0 +1,177 @@
+"""Seconds per GRPO iteration: rlaif_jax's RL loop (rl.algorithm=grpo) vs TRL's `GRPOTrainer`.
+
+SmolLM2-135M-Instruct as policy and reference (float32, one folder that rlaif_jax exports from the
+embedded GGUF, read by both sides). One iteration = 16 prompts x 4 samples of exactly 64 new tokens
+(temperature 1.0, no early stop on either side), a programmatic reward on the decoded text (the same
+function on both sides: closeness of the word count to 30), group-normalised advantages, the
+reference's log-probs for a k3 KL loss term (beta 0.04), and one optimizer step (AdamW) on all 64
+rows with GRPO's per-response loss mean ("grpo" loss type) and clip 0.2: TRL with
+per_device_train_batch_size=64, num_generations=4, steps_per_generation=1, num_iterations=1. Each
+side runs in its own process; TRL in its own environment (bench/.venv-trl-grpo, created on first use
+with `pip install trl==1.16.0 torch==2.13.0`; trl is never a requirement of rlaif_jax). The first
+iteration (our compilation, TRL's warm-up) is reported apart; "steady" is the median of the others.
+
+  bash launch/test.sh --co -q >/dev/null   # (once) our environment with the test extra
+  .venv/bin/python -m bench.grpo [--iterations 4]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+from bench import machine
+from bench.ppo import PROMPTS
+from rlaif_jax.infra import host
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRL_ENV = os.path.join(HERE, '.venv-trl-grpo')
+TRL_PINS = ('trl==1.16.0', 'torch==2.13.0')
+SETTINGS = dict(new_tokens=64, samples=4, temperature=1.0, beta=0.04, clip_eps=0.2,
+                learning_rate=1e-6, target_words=30)
+
+
+def word_count_reward(text: str, target: int = SETTINGS['target_words']) -> float:
+  """The programmatic reward both sides use: 1 at `target` words, falling linearly to 0 at 0 or
+  2 x target words (and below 0 past that)."""
+  return 1.0 - abs(len(text.split()) - target) / target
+
+
+def ensure_trl_env() -> str:
+  python = os.path.join(TRL_ENV, 'bin', 'python')
+  if not os.path.exists(python):
+    print(f'creating {TRL_ENV} with {" ".join(TRL_PINS)} (first run only)...', flush=True)
+    subprocess.run([sys.executable, '-m', 'venv', TRL_ENV], check=True)
+    subprocess.run([python, '-m', 'pip', 'install', '-q', *TRL_PINS], check=True)
+  return python
+
+
+def prepare(workdir: str) -> tuple[str, str]:
+  """Export SmolLM2 to a HF folder; write the prompts and settings both sides read."""
+  import jax
+  from flax import nnx
+
+  from rlaif_jax.infra import sharding as shd
+  from rlaif_jax.models import hf_checkpoint, loading
+  mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
+  model, tok = loading.load_model('smollm2', mesh)
+  folder = os.path.join(workdir, 'smollm2_hf')
+  hf_checkpoint.export_folder(nnx.state(model), model.cfg, folder, tok)
+  spec = os.path.join(workdir, 'spec.json')
+  with open(spec, 'w') as f:
+    json.dump({'prompts': PROMPTS, **SETTINGS}, f)
+  return folder, spec
+
+
+def run_ours(folder: str, spec_path: str, iterations: int, out: str) -> None:
+  import resource
+
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from rlaif_jax.generation import sampler
+  from rlaif_jax.generation import text as text_lib
+  from rlaif_jax.infra import distributed
+  from rlaif_jax.infra import sharding as shd
+  from rlaif_jax.models import loading
+  from rlaif_jax.rl import config as rl_config
+  from rlaif_jax.rl import loop as rl_loop
+  from rlaif_jax.rl import rewards
+  from rlaif_jax.training import state as train_state
+  with open(spec_path) as f:
+    spec = json.load(f)
+  devices = jax.devices()
+  mesh = shd.make_mesh({'data': len(devices)}, devices)
+  policy, tok = loading.load_model(folder, mesh)
+  reference = jax.tree.map(jnp.copy, nnx.state(policy, nnx.Param))
+
+  def reward_source(x: rewards.Responses) -> rewards.Rewards:
+    response, mask = distributed.to_host((x.response, x.mask))
+    texts = [tok.decode(r[m], skip_special_tokens=True) for r, m in zip(response, mask)]
+    s = np.asarray([word_count_reward(t, spec['target_words']) for t in texts], np.float32)
+    return rewards.Rewards(s, s)
+
+  cfg = rl_config.RLConfig('grpo', samples_per_prompt=spec['samples'], epochs=1, minibatches=1,
+                           kl_in='loss', kl_estimator='k3', kl_coef=spec['beta'],
+                           loss_aggregation='sequence_mean', scale_rewards='group',
+                           clip_eps=spec['clip_eps'])
+  settings = sampler.SamplingConfig(spec['new_tokens'], temperature=spec['temperature'])
+  optimizer = train_state.make_optimizer(spec['learning_rate'], iterations)
+  loop = rl_loop.RLLoop(policy, mesh, cfg, settings, optimizer, reward_source,
+                        pad_id=tok.pad_token_id)
+  prompts = text_lib.encode_prompt_batch(tok, spec['prompts'],
+                                         max(map(len, text_lib.encode_texts(tok, spec['prompts'],
+                                                                            True))))
+  state, key = loop.init(), jax.random.key(0)
+  rows = []
+  for i in range(iterations):
+    key, k = jax.random.split(key)
+    state, _, metrics = loop.iteration(state, reference, cfg.kl_coef, prompts, k)
+    rows.append(metrics)
+    print(f'rlaif_jax iteration {i + 1}/{iterations}: {metrics["seconds"]:.1f} s (rollout '
+          f'{metrics["time_rollout"]:.1f}, scoring {metrics["time_scoring"]:.1f}, update '
+          f'{metrics["time_update"]:.1f}), reward {metrics["score"]:.3f}', flush=True)
+  with open(out, 'w') as f:
+    json.dump({'seconds': [r['seconds'] for r in rows], 'rollout': [r['time_rollout'] for r in rows],
+               'scoring': [r['time_scoring'] for r in rows], 'update': [r['time_update'] for r in rows],
+               'reward': [r['score'] for r in rows],
+               'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               'jax': jax.__version__}, f)
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--iterations', type=int, default=4)  # per side; the first is reported apart
+  ap.add_argument('--side', choices=('ours',), help=argparse.SUPPRESS)
+  ap.add_argument('--folder', help=argparse.SUPPRESS)
+  ap.add_argument('--spec', help=argparse.SUPPRESS)
+  ap.add_argument('--out', help=argparse.SUPPRESS)
+  args = ap.parse_args()
+  if args.side == 'ours':
+    return run_ours(args.folder, args.spec, args.iterations, args.out)
+  trl_python = ensure_trl_env()
+  work = tempfile.mkdtemp(prefix='bench_grpo_')
+  folder, spec = prepare(work)
+  ours_cmd = [sys.executable, '-m', 'bench.grpo', '--side', 'ours', '--spec', spec]
+  sides = [('rlaif_jax', ours_cmd, 1),
+           ('TRL', [trl_python, os.path.join(HERE, 'grpo_trl.py'), '--spec', spec], None)]
+  if os.cpu_count() > 1:  # the same loop on one XLA CPU device per core, data parallel
+    sides.insert(1, (f'rlaif_jax data={os.cpu_count()}', ours_cmd, os.cpu_count()))
+  results = {}
+  for side, cmd, devices in sides:
+    out = os.path.join(work, f'{side.replace(" ", "_")}.json')
+    env = host.allocator_env()  # the same for both sides
+    if devices:
+      env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    subprocess.run(cmd + ['--folder', folder, '--iterations', str(args.iterations), '--out', out],
+                   check=True, cwd=os.path.dirname(HERE), env=env)
+    with open(out) as f:
+      results[side] = json.load(f)
+  report(work, results, args.iterations)
+
+
+def report(work: str, results: dict, iterations: int) -> None:
+  ours, trl = results['rlaif_jax'], results['TRL']
+  steady = lambda r, k='seconds': float(np.median(r[k][1:]))
+  print(f'\nGRPO iteration, SmolLM2-135M-Instruct policy + reference, float32, {len(PROMPTS)} prompts '
+        f'x {SETTINGS["samples"]} samples -> {SETTINGS["new_tokens"]} new tokens, one AdamW step, '
+        f'{machine.describe()}; jax {ours["jax"]}, torch {trl["torch"]}, trl {trl["trl"]}; '
+        f'{iterations} iterations each; results in {work}')
+  print(f'{"":<18}{"s/iter steady":>15}{"first iter":>12}{"rollout":>10}{"scoring":>9}'
+        f'{"update":>8}{"peak RSS MB":>13}{"TRL / this":>12}')
+  for name, r in results.items():
+    split = (f'{steady(r, "rollout"):>10.1f}{steady(r, "scoring"):>9.1f}{steady(r, "update"):>8.1f}'
+             if 'scoring' in r else f'{"":>27}')
+    print(f'{name:<18}{steady(r):>15.1f}{r["seconds"][0]:>12.1f}{split}{r["peak_rss_mb"]:>13.0f}'
+          f'{steady(trl) / steady(r):>11.2f}x')
+  print('first iter: rlaif_jax compiles its jitted steps in it; TRL warms up. TRL\'s step time '
+        'includes its generation, reference and reward passes (not split here).')
+
+
+if __name__ == '__main__':
+  main()
