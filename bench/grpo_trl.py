@@ -68,7 +68,8 @@ def main():
       generation_kwargs={'min_new_tokens': spec['new_tokens']}, beta=spec['beta'],
       epsilon=spec['clip_eps'], loss_type='grpo', scale_rewards='group',
       learning_rate=spec['learning_rate'], max_steps=args.iterations, logging_steps=1,
-      report_to=[], save_strategy='no', use_cpu=True, seed=0, disable_tqdm=True, bf16=False)
+      report_to=[], save_strategy='no', use_cpu=True, seed=0, disable_tqdm=True, bf16=False,
+      gradient_checkpointing=False)  # GRPOConfig turns it on by default: extra recompute, unlike ours
   steps = StepTimes()
   trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=config, train_dataset=data,
                         processing_class=tok, callbacks=[steps])
