@@ -19,15 +19,13 @@ iteration (our compilation, TRL's warm-up) is reported apart; "steady" is the me
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
 import numpy as np
 
 from bench import machine
-from bench.ppo import PROMPTS
-from rlaif_jax.infra import host
+from bench.ppo import PROMPTS, ensure_trl_env, export_smollm2, run_sides
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRL_ENV = os.path.join(HERE, '.venv-trl-grpo')
@@ -42,26 +40,9 @@ def word_count_reward(text: str, target: int = SETTINGS['target_words']) -> floa
   return 1.0 - abs(len(text.split()) - target) / target
 
 
-def ensure_trl_env() -> str:
-  python = os.path.join(TRL_ENV, 'bin', 'python')
-  if not os.path.exists(python):
-    print(f'creating {TRL_ENV} with {" ".join(TRL_PINS)} (first run only)...', flush=True)
-    subprocess.run([sys.executable, '-m', 'venv', TRL_ENV], check=True)
-    subprocess.run([python, '-m', 'pip', 'install', '-q', *TRL_PINS], check=True)
-  return python
-
-
 def prepare(workdir: str) -> tuple[str, str]:
   """Export SmolLM2 to a HF folder; write the prompts and settings both sides read."""
-  import jax
-  from flax import nnx
-
-  from rlaif_jax.infra import sharding as shd
-  from rlaif_jax.models import hf_checkpoint, loading
-  mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  model, tok = loading.load_model('smollm2', mesh)
-  folder = os.path.join(workdir, 'smollm2_hf')
-  hf_checkpoint.export_folder(nnx.state(model), model.cfg, folder, tok)
+  folder, _, _ = export_smollm2(workdir)
   spec = os.path.join(workdir, 'spec.json')
   with open(spec, 'w') as f:
     json.dump({'prompts': PROMPTS, **SETTINGS}, f)
@@ -145,24 +126,14 @@ def main():
       with open(os.path.join(args.report, f'{name}.json')) as f:
         results[name] = json.load(f)
     return report(args.report, results, len(results['TRL']['seconds']))
-  trl_python = ensure_trl_env()
+  trl_python = ensure_trl_env(TRL_ENV, TRL_PINS)
   work = tempfile.mkdtemp(prefix='bench_grpo_')
   folder, spec = prepare(work)
   ours_cmd = [sys.executable, '-m', 'bench.grpo', '--side', 'ours', '--spec', spec]
   sides = [('rlaif_jax', ours_cmd, 1),
            ('TRL', [trl_python, os.path.join(HERE, 'grpo_trl.py'), '--spec', spec], None)]
   # (no data-parallel row as in bench.ppo: one CPU device per core ran out of this VM's 24 GB here)
-  results = {}
-  for side, cmd, devices in sides:
-    out = os.path.join(work, f'{side.replace(" ", "_")}.json')
-    env = host.allocator_env()  # the same for both sides
-    if devices:
-      env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-    subprocess.run(cmd + ['--folder', folder, '--iterations', str(args.iterations), '--out', out],
-                   check=True, cwd=os.path.dirname(HERE), env=env)
-    with open(out) as f:
-      results[side] = json.load(f)
-  report(work, results, args.iterations)
+  report(work, run_sides(sides, work, folder, args.iterations), args.iterations)
 
 
 def report(work: str, results: dict, iterations: int) -> None:

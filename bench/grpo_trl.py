@@ -11,31 +11,18 @@ import argparse
 import json
 import os
 import resource
-import sys
 import tempfile
-import time
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from trl_timing import StepTimes  # bench/, this script's folder
 
 
 def word_count_reward(text: str, target: int) -> float:  # as bench/grpo.py's (no rlaif_jax here)
   return 1.0 - abs(len(text.split()) - target) / target
-
-
-class StepTimes(TrainerCallback):
-  def __init__(self):
-    self.marks = []
-
-  def on_train_begin(self, args, state, control, **kwargs):
-    self.marks.append(time.perf_counter())
-
-  def on_step_end(self, args, state, control, **kwargs):
-    self.marks.append(time.perf_counter())
 
 
 def main():
@@ -74,7 +61,7 @@ def main():
   trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=config, train_dataset=data,
                         processing_class=tok, callbacks=[steps])
   trainer.train()
-  seconds = [b - a for a, b in zip(steps.marks, steps.marks[1:])]
+  seconds = steps.seconds()
   with open(args.out, 'w') as f:
     json.dump({'seconds': seconds, 'reward': rewards,
                'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

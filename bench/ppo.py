@@ -45,27 +45,34 @@ SETTINGS = dict(new_tokens=64, temperature=0.7, epochs=4, minibatches=1, kl_coef
                 clip_eps=0.2, value_clip=0.2, learning_rate=3e-6)
 
 
-def ensure_trl_env() -> str:
-  python = os.path.join(TRL_ENV, 'bin', 'python')
+def ensure_trl_env(env: str = TRL_ENV, pins: tuple = TRL_PINS) -> str:
+  """The python of a benchmark's own TRL environment, created with `pins` on first use."""
+  python = os.path.join(env, 'bin', 'python')
   if not os.path.exists(python):
-    print(f'creating {TRL_ENV} with {" ".join(TRL_PINS)} (first run only)...', flush=True)
-    subprocess.run([sys.executable, '-m', 'venv', TRL_ENV], check=True)
-    subprocess.run([python, '-m', 'pip', 'install', '-q', *TRL_PINS], check=True)
+    print(f'creating {env} with {" ".join(pins)} (first run only)...', flush=True)
+    subprocess.run([sys.executable, '-m', 'venv', env], check=True)
+    subprocess.run([python, '-m', 'pip', 'install', '-q', *pins], check=True)
   return python
 
 
-def prepare(workdir: str) -> tuple[str, str]:
-  """Export SmolLM2 (with a scalar head) to a HF folder and write the prompt token ids."""
+def export_smollm2(workdir: str):
+  """The embedded SmolLM2 exported to workdir/smollm2_hf: (folder, model, tokenizer)."""
   import jax
   from flax import nnx
 
-  from rlaif_jax.generation import text as text_lib
   from rlaif_jax.infra import sharding as shd
   from rlaif_jax.models import hf_checkpoint, loading
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
   model, tok = loading.load_model('smollm2', mesh)
   folder = os.path.join(workdir, 'smollm2_hf')
   hf_checkpoint.export_folder(nnx.state(model), model.cfg, folder, tok)
+  return folder, model, tok
+
+
+def prepare(workdir: str) -> tuple[str, str]:
+  """Export SmolLM2 (with a scalar head) to a HF folder and write the prompt token ids."""
+  from rlaif_jax.generation import text as text_lib
+  folder, model, tok = export_smollm2(workdir)
   # the same value / reward head on both sides: LlamaForSequenceClassification's `score` [1, E]
   # (a causal LM loading the folder ignores it)
   from rlaif_jax.models import safetensors_io
@@ -167,17 +174,24 @@ def main():
                                                 '--prompts', spec], None)]
   if os.cpu_count() > 1:  # the same loop on one XLA CPU device per core, data parallel
     sides.insert(1, (f'rlaif_jax data={os.cpu_count()}', ours_cmd, os.cpu_count()))
+  results.update(run_sides(sides, work, folder, args.iterations))
+  report(work, results, args.iterations)
+
+
+def run_sides(sides: list, work: str, folder: str, iterations: int) -> dict:
+  """Each side (name, command, XLA CPU devices or None) in its own process, one after the other,
+  with the same allocator settings; returns each side's JSON results by name."""
+  results = {}
   for side, cmd, devices in sides:
     out = os.path.join(work, f'{side.replace(" ", "_")}.json')
     env = host.allocator_env()  # the same for both sides
     if devices:
       env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-    subprocess.run(cmd + ['--folder', folder, '--iterations', str(args.iterations), '--out', out],
+    subprocess.run(cmd + ['--folder', folder, '--iterations', str(iterations), '--out', out],
                    check=True, cwd=os.path.dirname(HERE), env=env)
     with open(out) as f:
       results[side] = json.load(f)
-
-  report(work, results, args.iterations)
+  return results
 
 
 def report(work: str, results: dict, iterations: int) -> None:

@@ -15,21 +15,10 @@ import time
 
 import torch
 from datasets import Dataset
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
-                          TrainerCallback)
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl.experimental.ppo import PPOConfig, PPOTrainer
 from trl.experimental.ppo import ppo_trainer as trl_ppo
-
-
-class StepTimes(TrainerCallback):
-  def __init__(self):
-    self.marks = []
-
-  def on_train_begin(self, args, state, control, **kwargs):
-    self.marks.append(time.perf_counter())
-
-  def on_step_end(self, args, state, control, **kwargs):
-    self.marks.append(time.perf_counter())
+from trl_timing import StepTimes  # bench/, this script's folder
 
 
 def main():
@@ -75,7 +64,7 @@ def main():
                        reward_model=reward, value_model=value, train_dataset=data,
                        eval_dataset=data, callbacks=[steps])
   trainer.train()
-  seconds = [b - a for a, b in zip(steps.marks, steps.marks[1:])]
+  seconds = steps.seconds()
   with open(args.out, 'w') as f:
     json.dump({'seconds': seconds, 'rollout': rollout_times,
                'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
