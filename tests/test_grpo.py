@@ -18,6 +18,7 @@ from rlaif_jax.rl import advantages
 from rlaif_jax.rl import config as rl_config
 from rlaif_jax.rl import losses
 from rlaif_jax.rl import update as rl_update
+from tests.test_dpo import log_sigmoid
 from tests.test_rl import CFG, random_rollout, run_loop
 
 RLConfig = rl_config.RLConfig
@@ -332,9 +333,5 @@ def test_online_dpo_loss_is_dpo_on_each_pair():
   pi, ref = (lp * m).sum(1), (np.asarray(r.ref_log_probs) * m).sum(1)
   h = (pi[0::2] - ref[0::2]) - (pi[1::2] - ref[1::2])
   p = 1 / (1 + np.exp(-(r.scores[0::2] - r.scores[1::2]) / 0.5))
-  want = np.mean(-(p * log_sig(0.2 * h) + (1 - p) * log_sig(-0.2 * h)))
+  want = np.mean(-(p * log_sigmoid(0.2 * h) + (1 - p) * log_sigmoid(-0.2 * h)))
   np.testing.assert_allclose(float(value), want, rtol=1e-5)
-
-
-def log_sig(x):
-  return -np.logaddexp(0.0, -x)

@@ -24,6 +24,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from rlaif_jax.infra import sharding as shd
+
 TARGETS = ('q', 'k', 'v', 'o', 'gate', 'up', 'down')
 
 
@@ -39,10 +41,6 @@ def trains(name: str) -> bool:
   """What trains beside the frozen base: the adapters and a scalar head (PPO's values, a reward
   model's score), which the base checkpoint never had."""
   return is_adapter_name(name) or any(part.startswith('scalar_') for part in name.split('/'))
-
-
-def _name(path) -> str:
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
 
 
 def add(module: nnx.Module, target: str, cfg, rngs: nnx.Rngs, in_shape: tuple, in_axes: tuple,
@@ -76,7 +74,7 @@ def fresh(abstract_state: Any, have: Mapping[str, Any]) -> dict[str, np.ndarray]
   same on every process), B = 0."""
   out = {}
   for path, var in nnx.to_flat_state(abstract_state):
-    name = _name(path)
+    name = shd._path_name(path)
     if not is_adapter_name(name) or name in have:
       continue
     shape, dtype = var.get_value().shape, var.get_value().dtype
@@ -84,13 +82,13 @@ def fresh(abstract_state: Any, have: Mapping[str, Any]) -> dict[str, np.ndarray]
       out[name] = np.zeros(shape, dtype)
     else:
       rng = np.random.default_rng(zlib.crc32(name.encode()))
-      fan_in = math.prod(shape[:-1]) // (shape[0] if name.startswith('blocks/') else 1)
+      fan_in = math.prod(shape[1:-1] if name.startswith('blocks/') else shape[:-1])  # [L, ...]
       out[name] = (rng.standard_normal(shape) / math.sqrt(fan_in)).astype(dtype)
   return out
 
 
 def _map(fn, params: Any) -> Any:
-  return jax.tree_util.tree_map_with_path(lambda p, v: fn(_name(p), v), params)
+  return jax.tree_util.tree_map_with_path(lambda p, v: fn(shd._path_name(p), v), params)
 
 
 def freeze_base(params: Any) -> Any:
