@@ -184,3 +184,17 @@ def assert_greedy_equals_generate(model, tok, prompts, pad_to: int, new: int, re
                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     ours, expected = out.tokens[row][out.mask[row]].tolist(), gen[0, len(prompt):].tolist()
     assert ours == expected, (row, tok.decode(ours), tok.decode(expected))
+
+
+TIMING = ('time_', 'share_', 'seconds')  # metrics that differ between two runs of the same work
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+  """Metric rows without their wall-clock fields, for comparing two runs."""
+  return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+
+
+def metric_rows(workdir, stage: str) -> list[dict]:
+  """A stage's rows of WORKDIR/metrics.jsonl without the wall-clock fields."""
+  from rlaif_jax.infra import metrics
+  return without_timing(metrics.read(str(workdir), stage))

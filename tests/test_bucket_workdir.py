@@ -19,8 +19,9 @@ import time
 import numpy as np
 import pytest
 
+from tests import helpers
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING = ('time_', 'share_', 'seconds')
 STAGES = "--config.stages=('label','reward_model','rl','export')"
 
 pytestmark = pytest.mark.skipif(
@@ -81,7 +82,7 @@ def _fs(storage_env):
 def _rl_rows(text):
   import json
   rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-  return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows if r['stage'] == 'rl']
+  return helpers.without_timing([r for r in rows if r['stage'] == 'rl'])
 
 
 def _tensors(data: bytes):

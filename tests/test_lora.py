@@ -3,6 +3,7 @@ weights with adapters off, the merged export equal to our adapted model in trans
 with LoRA learning a programmatic reward."""
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -133,3 +134,67 @@ def test_lora_policy_through_rl_and_export_in_the_pipeline(tmp_path, tiny_hf_fol
   ours = helpers.our_log_probs(policy, tokens, valid)
   exported = helpers.torch_log_probs(str(tmp_path / 'export'), tokens, valid)
   assert helpers.masked_max_diff(ours, exported, valid) < 1e-4
+
+
+def _saved_names(directory):
+  """Parameter names in an Orbax item (a train-state checkpoint or a finished policy)."""
+  import orbax.checkpoint as ocp
+  tree = ocp.StandardCheckpointer().metadata(directory).item_metadata.tree  # None: not saved
+  return [jax.tree_util.keystr(p, simple=True, separator='/')
+          for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def test_lora_checkpoints_hold_adapters_alone_and_resume_exactly(tmp_path, tiny_hf_folder,
+                                                                 monkeypatch):
+  """sft then GRPO with LoRA: every checkpoint and finished policy holds the adapters (and their
+  optimizer state) without the base weights; a run stopped after RL iteration 2 resumes from that
+  checkpoint and ends with the same metrics and adapters as a straight run; export still merges."""
+  import json
+  import pytest
+  from configs import tiny
+  from rlaif_jax.pipeline import context, runner
+
+  def config():
+    c = tiny.get_config()
+    c.model.source = tiny_hf_folder
+    c.model.lora_rank, c.model.lora_alpha = 2, 16.0
+    c.stages = ('sft', 'rl', 'export')
+    c.rl.reward, c.rl.algorithm, c.rl.iterations = 'judge', 'grpo', 4
+    c.rl.batch_size, c.rl.samples_per_prompt = c.rl.batch_size // 2, 2
+    c.checkpoint.interval = 2
+    return c
+
+  straight, stopped = tmp_path / 'straight', tmp_path / 'stopped'
+  runner.run_stages(config(), str(straight))
+  calls = []
+
+  def stop_after_two(self):  # a SIGTERM after RL iteration 2 (sft's 4 steps ask first)
+    calls.append(1)
+    return len(calls) == 4 + 2
+  monkeypatch.setattr(context.RunContext, 'preempted', stop_after_two)
+  with pytest.raises(SystemExit):
+    runner.run_stages(config(), str(stopped))
+  monkeypatch.undo()
+  assert max(map(int, os.listdir(stopped / 'rl' / 'checkpoints'))) == 2
+  runner.run_stages(config(), str(stopped))
+
+  rows = lambda w: helpers.metric_rows(w, 'rl')
+  assert rows(stopped) == rows(straight) and len(rows(straight)) == 4
+
+  for directory in (stopped / 'sft' / 'policy' / 'params', stopped / 'rl' / 'policy' / 'params',
+                    straight / 'rl' / 'checkpoints' / '4' / 'state'):
+    names = _saved_names(directory)
+    assert any(lora.is_adapter_name(n) for n in names), directory
+    # no base weight is saved: beside the adapters only optimizer counters and the PRNG key
+    assert all(lora.is_adapter_name(n) or 'count' in n or n.startswith(('key', 'train/step'))
+               for n in names), (directory, names)
+  info = json.load(open(stopped / 'rl' / 'policy' / 'DONE.json'))
+  assert info['lora_base'] == ''  # the adapters sit on config.model.source's weights
+  (policy, tok), (other, _) = (context.RunContext(config(), str(w)).policy() for w in (stopped, straight))
+  a, b = hf_checkpoint.host_arrays(other), hf_checkpoint.host_arrays(policy)
+  for name in a:
+    np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+  assert any(np.abs(a[n]).max() > 0 for n in a if n.endswith('_lora_b'))
+  tokens, valid = helpers.padded_batch(len(tok), 5)
+  exported = helpers.torch_log_probs(str(stopped / 'export'), tokens, valid)
+  assert helpers.masked_max_diff(helpers.our_log_probs(policy, tokens, valid), exported, valid) < 1e-4

@@ -20,11 +20,11 @@ import pytest
 
 from rlaif_jax.infra import metrics
 from rlaif_jax.models import safetensors_io
+from tests import helpers
 from rlaif_jax.pipeline import label
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, 'tests', 'audited_main.py')
-TIMING = ('time_', 'share_', 'seconds')
 # the 2-process runs sum across processes with gloo: a different order of float additions
 RTOL, ATOL = 2e-4, 2e-5
 
@@ -86,8 +86,7 @@ def _flat(tree, prefix=''):
 
 
 def _rows(workdir, stage):
-  return [{k: v for k, v in r.items() if not k.startswith(TIMING)}
-          for r in metrics.read(str(workdir), stage)]
+  return helpers.metric_rows(workdir, stage)
 
 
 def _assert_rows_close(a, b, what):

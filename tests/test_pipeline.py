@@ -23,9 +23,9 @@ from rlaif_jax.pipeline import context
 from rlaif_jax.pipeline import training_loop
 from rlaif_jax.pipeline import runner
 from rlaif_jax.rl import config as rl_config
+from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING = ('time_', 'share_', 'seconds')
 
 
 def finite_rows(rows, keys):
@@ -102,8 +102,7 @@ def _env():
 
 
 def _rl_rows(workdir):
-  return [{k: v for k, v in r.items() if not k.startswith(TIMING)}
-          for r in metrics.read(str(workdir), 'rl')]
+  return helpers.metric_rows(workdir, 'rl')
 
 
 def _wait_for_rl_rows(proc, workdir, n, timeout=300):

@@ -10,11 +10,11 @@ checkpoint directory only counts once Orbax has finalized it, so a kill mid-save
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
-from flax import nnx
+from flax import nnx, traverse_util
 
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.infra import storage
@@ -30,13 +30,38 @@ def abstract(tree: Any) -> Any:
                       if isinstance(x, jax.Array) else x, tree)
 
 
-class Checkpoints:
-  """Periodic, asynchronous, keep-last-N checkpoints of one stage."""
+def leaf_name(path) -> str:
+  """'train/params/policy/blocks/attn/q_proj' for a key path into a state tree."""
+  return jax.tree_util.keystr(path, simple=True, separator='/')
 
-  def __init__(self, directory: storage.PathLike, interval: int = 1, keep: int = 2, async_save: bool = True):
+
+def without(tree: Any, frozen: Callable[[str], bool] | None) -> Any:
+  """`tree` with the leaves whose names `frozen` picks left out (None): what a checkpoint holds when
+  those leaves never change and come back from elsewhere (a LoRA model's base weights)."""
+  if frozen is None:
+    return tree
+  return jax.tree_util.tree_map_with_path(lambda p, x: None if frozen(leaf_name(p)) else x, tree)
+
+
+def put_back(restored: Any, like: Any, frozen: Callable[[str], bool] | None) -> Any:
+  """The restored tree with the left-out leaves taken from `like` (the values in use now)."""
+  if frozen is None:
+    return restored
+  saved = dict(jax.tree_util.tree_flatten_with_path(restored)[0])
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: x if frozen(leaf_name(p)) else saved[p], like)
+
+
+class Checkpoints:
+  """Periodic, asynchronous, keep-last-N checkpoints of one stage. `frozen` names leaves of the
+  state that are never saved: restore takes them from the state it is given."""
+
+  def __init__(self, directory: storage.PathLike, interval: int = 1, keep: int = 2, async_save: bool = True,
+               frozen: Callable[[str], bool] | None = None):
     if interval < 1 or keep < 1:
       raise UserError(f'checkpoint.interval and checkpoint.keep must be >= 1, got {interval}, {keep}.')
     self.directory = storage.path(directory)
+    self.frozen = frozen
     options = ocp.CheckpointManagerOptions(save_interval_steps=interval, max_to_keep=keep,
                                            enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
@@ -46,7 +71,8 @@ class Checkpoints:
 
   def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
     """Save if `step` is on the interval (or forced); returns whether a save started."""
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    args = ocp.args.Composite(state=ocp.args.StandardSave(without(state, self.frozen)),
+                              meta=ocp.args.JsonSave(meta))
     return self.manager.save(step, args=args, force=force)
 
   def restore(self, like: Any, step: int | None = None) -> tuple[int, Any, dict] | None:
@@ -55,10 +81,11 @@ class Checkpoints:
     step = self.latest_step() if step is None else step
     if step is None:
       return None
-    like = jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else abstract(x), like)
+    target = jax.tree.map(lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else abstract(x),
+                          without(like, self.frozen))
     out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
-    return step, out.state, dict(out.meta)
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    return step, put_back(out.state, like, self.frozen), dict(out.meta)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -82,15 +109,16 @@ def stage_of(path: storage.PathLike, check: bool = False) -> str | None:
   return p.parent.name if p.name == 'checkpoints' else None
 
 
-def restore_from(path: storage.PathLike, like: Any) -> tuple[int, Any, dict]:
+def restore_from(path: storage.PathLike, like: Any, frozen: Callable[[str], bool] | None = None
+                 ) -> tuple[int, Any, dict]:
   """Start from a given checkpoint: a stage's checkpoint directory (its latest step) or one step's
-  directory inside it. A missing or empty path is a clear error."""
+  directory inside it (`frozen` as for `Checkpoints`). A missing or empty path is a clear error."""
   path = storage.path(path)
   if not path.is_dir():
     raise MissingInput(f'checkpoint.restore_from: no checkpoint directory {path}; give a '
                        f'stage checkpoint folder (e.g. WORKDIR/rl/checkpoints) or one of its steps.')
   parent, step = (path.parent, int(path.name)) if path.name.isdigit() else (path, None)
-  ckpt = Checkpoints(parent, async_save=False)
+  ckpt = Checkpoints(parent, async_save=False, frozen=frozen)
   try:
     out = ckpt.restore(like, step)
   finally:
@@ -130,10 +158,11 @@ def restore_params(directory: storage.PathLike, model: Any, mesh: jax.sharding.M
                         nnx.to_pure_dict(params), nnx.to_pure_dict(sh))
   ckpt = ocp.StandardCheckpointer()
   path = directory / 'params'
-  saved = set(ckpt.metadata(path).item_metadata.tree)
-  # a top-level entry the checkpoint lacks (a policy saved without the scalar head, restored into a
-  # model that has one) keeps the model's own values; any other mismatch is Orbax's error
-  target = {k: v for k, v in target.items() if k in saved}
+  saved = set(traverse_util.flatten_dict(ckpt.metadata(path).item_metadata.tree))
+  # an entry the checkpoint lacks keeps the model's own values: the scalar head of a policy
+  # restored as a value model, the base weights under LoRA adapters saved alone
+  target = traverse_util.unflatten_dict({k: v for k, v in traverse_util.flatten_dict(target).items()
+                                         if k in saved})
   nnx.replace_by_pure_dict(params, ckpt.restore(path, target))
   return params, info
 

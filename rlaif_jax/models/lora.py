@@ -9,7 +9,8 @@ qwix's interception of jnp/lax dot calls would not see.
 
 Adapters are `Adapter` variables (an nnx.Param subclass) named '<target>_lora_a' / '_lora_b' beside
 their weight, with logical axes, so they shard, stack under scanned layers and checkpoint like any
-parameter.
+parameter. Checkpoints of a LoRA model hold the adapters and their optimizer state alone
+(`base_weights`).
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ def fresh(abstract_state: Any, have: Mapping[str, Any]) -> dict[str, np.ndarray]
       fan_in = math.prod(shape[1:-1] if name.startswith('blocks/') else shape[:-1])  # [L, ...]
       out[name] = (rng.standard_normal(shape) / math.sqrt(fan_in)).astype(dtype)
   return out
+
+
+def base_weights(prefix: str):
+  """Which leaves of a train state a LoRA model's checkpoints leave out: its base weights, the
+  parameters under `prefix` ('params/' in a TrainState) that do not train. They never change and
+  come back from where the model was loaded."""
+  return lambda name: name.startswith(prefix) and not trains(name[len(prefix):])
 
 
 def _map(fn, params: Any) -> Any:

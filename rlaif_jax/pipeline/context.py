@@ -1,8 +1,9 @@
 """What the stages of one run share (`RunContext`): the config, the workdir, the mesh and rules, the
 PRNG key of each stage, the prompts, and which checkpoint each model loads from.
 
-The policy a stage starts from is the newest of rl/policy, sft/policy and config.model.source; the
-reference policy is sft/policy or config.model.source.
+The policy a stage starts from is the newest of rl/policy, dpo/policy, sft/policy and
+config.model.source; the reference policy is sft/policy or config.model.source. A LoRA policy's
+folder holds its adapters alone and names the folder (or source) of its base weights.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rlaif_jax.feedback.requests import JudgeConfig
 from rlaif_jax.generation.sampler import SamplingConfig
 from rlaif_jax.infra import checkpoints, distributed, storage
 from rlaif_jax.infra import sharding as shd
+from rlaif_jax.infra.errors import UserError
 from rlaif_jax.models import loading
 from rlaif_jax.pipeline import checks
 
@@ -74,6 +76,17 @@ class RunContext:
                      logical_axis_rules=self.rules)
     if restore_from is None:
       return loading.load_model(source or m.source, self.mesh, **overrides)
+    info = checkpoints.read_marker(restore_from, marker)
+    if info is not None and 'lora_base' in info:  # adapters alone, over base weights from elsewhere
+      if not overrides.get('lora_rank'):
+        raise UserError(f'{restore_from} holds LoRA adapters without their base weights; load it '
+                        f'with the LoRA settings it was trained with (model.lora_rank > 0).')
+      base = self.path(info['lora_base']) if info['lora_base'] else None
+      model, tokenizer = self.load(source, scalar_head, frozen, param_dtype, dtype, lm_head,
+                                   restore_from=base, what=what, lora=lora)
+      params, self.restored_info = checkpoints.restore_params(restore_from, model, self.mesh,
+                                                              marker, what)
+      return nnx.merge(nnx.graphdef(model), params), tokenizer
     cfg, _, tokenizer = loading.load_weights(source or m.source, **overrides)  # weights stay lazy
     abstract = loading.abstract_model(cfg)
     params, self.restored_info = checkpoints.restore_params(restore_from, abstract, self.mesh,
@@ -85,10 +98,22 @@ class RunContext:
 
   def policy_dir(self, reference: bool = False) -> epath.Path | None:
     """Where the current (or, with reference=True, the reference) policy's parameters are."""
+    stage = self._policy_stage(reference)
+    return None if stage is None else self.path(stage, 'policy')
+
+  def _policy_stage(self, reference: bool = False) -> str | None:
     for stage in (('sft',) if reference else ('rl', 'dpo', 'sft')):
       if checkpoints.read_marker(self.path(stage, 'policy')) is not None:
-        return self.path(stage, 'policy')
+        return stage
     return None
+
+  def lora_base(self) -> str:
+    """Where the base weights under the current policy's LoRA adapters are: a finished stage's
+    policy folder relative to the workdir, or '' for config.model.source."""
+    stage = self._policy_stage()
+    if stage is None:
+      return ''
+    return checkpoints.read_marker(self.path(stage, 'policy')).get('lora_base', f'{stage}/policy')
 
   def policy(self, reference: bool = False, scalar_head: bool = False, frozen: bool = False):
     """(model with the current or reference policy's parameters, tokenizer); frozen: a copy that

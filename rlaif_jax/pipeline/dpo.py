@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from rlaif_jax.infra import checkpoints, distributed, storage
+from rlaif_jax.infra import distributed, storage
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.pipeline import reward_model, training_loop
 from rlaif_jax.pipeline.context import DONE, RunContext
@@ -103,12 +103,13 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   step = dpo.make_train_step(model, optimizer, ctx.mesh, cfg, c.micro_batches)
   batch = lambda chunk: encode(tokenizer, chunk, c.prompt_length, c.response_length)
   state = training_loop.fit(ctx, 'dpo', step, step.init(), train_rows, c.batch_size, batch, c.steps,
-                            ctx.config.seed)
+                            ctx.config.seed,
+                            lora=bool(model.cfg.lora_rank))
   nnx.update(model, state.params)
   report = held_out(ctx, model, state.params, tokenizer, eval_rows, cfg)
   info = {**report, 'train_pairs': len(train_rows), 'steps': c.steps, 'loss': c.loss,
           'labels': c.labels, 'beta': c.beta}
-  checkpoints.save_params(ctx.path('dpo', 'policy'), training_loop.policy_params(model), info)
+  training_loop.save_policy(ctx, 'dpo', model, info)
   storage.write_json(ctx.path('dpo', DONE), info)
   print(f'[dpo] held-out preference accuracy {report["eval_accuracy"]:.3f} on '
         f'{report["eval_pairs"]} pairs, reward margin {report["eval_reward_margin"]:.3f}', flush=True)

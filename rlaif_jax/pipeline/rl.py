@@ -16,9 +16,10 @@ from flax import nnx
 
 from rlaif_jax.data import prompts as prompts_lib
 from rlaif_jax.generation import text as text_lib
-from rlaif_jax.infra import checkpoints, metrics, storage
+from rlaif_jax.infra import metrics, storage
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.infra.progress import Progress
+from rlaif_jax.models import lora
 from rlaif_jax.pipeline import reward_model, training_loop
 from rlaif_jax.pipeline.context import DONE, RunContext
 from rlaif_jax.rl import loop as rl_loop
@@ -54,14 +55,17 @@ def build_loop(ctx: RunContext, cfg: RLConfig, policy, tokenizer) -> rl_loop.RLL
                         tokenizer.pad_token_id or 0)
 
 
-def train(ctx: RunContext, cfg: RLConfig, iteration: rl_loop.RLLoop, tokenizer, reference: Any):
+def train(ctx: RunContext, cfg: RLConfig, iteration: rl_loop.RLLoop, tokenizer, reference: Any,
+          lora_policy: bool = False):
   """rl.iterations iterations from the latest checkpoint; returns (train state, KL coefficient)."""
   c = ctx.config.rl
   key = ctx.stage_key('rl')
   train_prompts, _ = ctx.prompts()
   batches = prompts_lib.batches(train_prompts, c.batch_size, ctx.config.seed)
   like = {'train': iteration.init(), 'key': np.asarray(jax.random.key_data(key))}  # host: replicated
-  ckpt, start, tree, meta = training_loop.resume(ctx, 'rl', like, batches)
+  # a LoRA policy's checkpoints hold its adapters, not the base weights
+  frozen = lora.base_weights('train/params/policy/') if lora_policy else None
+  ckpt, start, tree, meta = training_loop.resume(ctx, 'rl', like, batches, frozen)
   state, key = tree['train'], jax.random.wrap_key_data(tree['key'])
   kl_coef = meta.get('kl_coef', cfg.kl_coef)
   writer = metrics.Writer(ctx.workdir, 'rl', resume_step=start)  # drops rows of a killed try
@@ -102,11 +106,11 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
     reference = jax.tree.map(jnp.copy, nnx.state(ctx.policy(reference=True, scalar_head=shared,
                                                             frozen=True)[0]))
   iteration = build_loop(ctx, cfg, policy, tokenizer)
-  state, kl_coef = train(ctx, cfg, iteration, tokenizer, reference)
+  state, kl_coef = train(ctx, cfg, iteration, tokenizer, reference, bool(policy.cfg.lora_rank))
   nnx.update(policy, state.params['policy'])
   last = metrics.read(ctx.workdir, 'rl')[-3:]
   info = {'iterations': ctx.config.rl.iterations, 'kl_coef': kl_coef,
           **{k: float(np.mean([r[k] for r in last])) for k in ('reward', 'kl', 'reward_raw')}}
-  checkpoints.save_params(ctx.path('rl', 'policy'), training_loop.policy_params(policy), info)
+  training_loop.save_policy(ctx, 'rl', policy, info)
   storage.write_json(ctx.path('rl', DONE), info)
   return info

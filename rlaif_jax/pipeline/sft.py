@@ -11,7 +11,7 @@ from flax import nnx
 
 from rlaif_jax.feedback import constitution
 from rlaif_jax.generation import text as text_lib
-from rlaif_jax.infra import checkpoints, storage
+from rlaif_jax.infra import storage
 from rlaif_jax.pipeline import training_loop
 from rlaif_jax.pipeline.context import DONE, RunContext
 from rlaif_jax.training import sft, state as state_lib
@@ -35,10 +35,11 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   optimizer = state_lib.make_optimizer(c.learning_rate, c.steps, c.warmup_steps)
   step = sft.make_train_step(model, optimizer, ctx.mesh)
   state = training_loop.fit(ctx, 'sft', step, step.init(), list(range(len(prompts))), c.batch_size,
-                            batch, c.steps, ctx.config.seed)
+                            batch, c.steps, ctx.config.seed,
+                            lora=bool(model.cfg.lora_rank))
   nnx.update(model, state.params)
   info = {'examples': len(prompts), 'steps': c.steps}
-  checkpoints.save_params(ctx.path('sft', 'policy'), training_loop.policy_params(model), info)
+  training_loop.save_policy(ctx, 'sft', model, info)
   storage.write_json(ctx.path('sft', DONE), info)
   return info
 

@@ -12,6 +12,7 @@ from flax import nnx
 from rlaif_jax.data import prompts as prompts_lib
 from rlaif_jax.infra import checkpoints, distributed, metrics
 from rlaif_jax.infra.progress import Progress
+from rlaif_jax.models import lora as lora_lib
 from rlaif_jax.pipeline.context import DONE, RunContext
 from rlaif_jax.training.state import TrainState
 
@@ -29,16 +30,18 @@ def complete(ctx: RunContext, stage: str, marker: str = DONE) -> dict | None:
   return info
 
 
-def resume(ctx: RunContext, stage: str, like: Any, batches: Any
+def resume(ctx: RunContext, stage: str, like: Any, batches: Any, frozen=None
            ) -> tuple[checkpoints.Checkpoints, int, Any, dict]:
   """The stage's checkpoints and where to start: (checkpoints, step, state, meta) from its own latest
   checkpoint, else from `checkpoint.restore_from` when that names this stage, else (.., 0, like, {}).
-  Puts the data iterator `batches` back where the checkpoint left it."""
+  Puts the data iterator `batches` back where the checkpoint left it. frozen: the leaves the
+  checkpoints leave out (a LoRA model's base weights, `lora.base_weights`), kept from `like`."""
   ck = ctx.config.checkpoint
-  ckpt = checkpoints.Checkpoints(ctx.path(stage, 'checkpoints'), ck.interval, ck.keep, ck.async_save)
+  ckpt = checkpoints.Checkpoints(ctx.path(stage, 'checkpoints'), ck.interval, ck.keep, ck.async_save,
+                                 frozen)
   restored = ckpt.restore(like) if ckpt.latest_step() is not None else None
   if restored is None and checkpoints.stage_of(ck.restore_from) == stage:
-    restored = checkpoints.restore_from(ck.restore_from, like)
+    restored = checkpoints.restore_from(ck.restore_from, like, frozen)
   if restored is None:
     return ckpt, 0, like, {}
   start, state, meta = restored
@@ -76,11 +79,13 @@ def save_and_exit(ckpt: checkpoints.Checkpoints, step: int, state: Any, meta: di
 
 
 def fit(ctx: RunContext, stage: str, step: Callable, state: TrainState, items: list, batch_size: int,
-        to_batch: Callable[[list], Any], steps: int, seed: int) -> TrainState:
+        to_batch: Callable[[list], Any], steps: int, seed: int, lora: bool = False) -> TrainState:
   """`steps` train steps over shuffled batches of `items` with checkpoints, exact resume, metrics,
-  progress, SIGTERM saving and the non-finite guard. Returns the final state."""
+  progress, SIGTERM saving and the non-finite guard. Returns the final state. lora: the model has
+  LoRA adapters; its checkpoints hold them without the base weights."""
   batches = prompts_lib.batches(items, batch_size, seed)
-  ckpt, start, state, _ = resume(ctx, stage, state, batches)
+  frozen = lora_lib.base_weights('params/') if lora else None
+  ckpt, start, state, _ = resume(ctx, stage, state, batches, frozen)
   writer = metrics.Writer(ctx.workdir, stage, resume_step=start)  # drops rows of a killed try
   progress = Progress(stage, steps, start)
   guard = NonFiniteGuard(ctx.config.train.max_nonfinite_steps, stage, ckpt)
@@ -104,3 +109,14 @@ def policy_params(model: nnx.Module) -> Any:
   """The policy's parameters without a scalar (value) head."""
   params = nnx.state(model, nnx.Param)
   return nnx.State({k: v for k, v in params.items() if not k.startswith('scalar_')})
+
+
+def save_policy(ctx: RunContext, stage: str, model: nnx.Module, info: dict) -> None:
+  """The stage's finished policy in <stage>/policy; a LoRA policy as its adapters alone, with the
+  place of its base weights (`RunContext.lora_base`) in the marker."""
+  params = policy_params(model)
+  if model.cfg.lora_rank:
+    params = nnx.from_flat_state([(p, v) for p, v in nnx.to_flat_state(params)
+                                  if lora_lib.is_adapter_name('/'.join(map(str, p)))])
+    info = {**info, 'lora_base': ctx.lora_base()}
+  checkpoints.save_params(ctx.path(stage, 'policy'), params, info)

@@ -130,9 +130,14 @@ def _cost(compiled) -> tuple[float, float]:
   return float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
 
 
-def _compiled_cost(fn: Callable, args: Sequence[Any], mesh: jax.sharding.Mesh) -> tuple[float, float]:
+def _lowered(fn: Callable, args: Sequence[Any], mesh: jax.sharding.Mesh):
   with jax.set_mesh(mesh):
-    return _cost(fn.lower(*args).compile())
+    return fn.lower(*args)
+
+
+def _compiled_cost(lowered, mesh: jax.sharding.Mesh) -> tuple[float, float]:
+  with jax.set_mesh(mesh):
+    return _cost(lowered.compile())
 
 
 def scaled_cost(build: Callable[..., tuple[Callable, Sequence[Any]]], layers: int, scanned: bool,
@@ -151,11 +156,15 @@ def scaled_cost(build: Callable[..., tuple[Callable, Sequence[Any]]], layers: in
   counted = 1 if scanned else layers
 
   def run(own):
-    outside = _compiled_cost(*build(0, False, False), mesh)
-    whole = _compiled_cost(*build(0, True, False), mesh)
+    outside_program = _lowered(*build(0, False, False), mesh)
+    whole_program = _lowered(*build(0, True, False), mesh)
+    outside = _compiled_cost(outside_program, mesh)
+    # the same program when the step's head needs one chunk anyway (sampling, the reward model)
+    whole = (outside if whole_program.as_text() == outside_program.as_text()
+             else _compiled_cost(whole_program, mesh))
     flops = (own[0] - outside[0]) / counted
     if scanned and layers > 1:
-      one, none = (_compiled_cost(*build(n, False, True), mesh)[1] for n in (1, 0))
+      one, none = (_compiled_cost(_lowered(*build(n, False, True), mesh), mesh)[1] for n in (1, 0))
       bytes_ = one - none
     else:
       bytes_ = (own[1] - outside[1]) / counted
