@@ -175,3 +175,37 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_resumes(runs, tiny_hf
   assert '[rl] resumed at step' in (tmp / 'resumed0.out').read_text()
   _assert_rows_close(_rows(straight, 'rl'), _rows(work, 'rl'), 'rl after resume')
   _assert_params_close(straight / 'rl' / 'policy', work / 'rl' / 'policy', 'resumed policy')
+
+
+RECIPES = ("--config.stages=('label','dpo','rl')", '--config.dpo.steps=4', '--config.dpo.batch_size=8',
+           '--config.model.lora_rank=4', '--config.model.dtype=bfloat16',
+           '--config.rl.algorithm=online_dpo', '--config.rl.samples_per_prompt=2',
+           '--config.rl.reward=judge', '--config.rl.preference=pairwise', '--config.rl.iterations=3')
+
+
+def test_dpo_online_dpo_and_lora_in_bfloat16_on_two_processes_like_one(tmp_path, tiny_hf_folder):
+  """The preference recipes on the pod path: AI labels -> the dpo stage -> online DPO with the
+  judge in the loop, a LoRA policy, bfloat16 compute, as 2 processes x 4 devices and 1 x 8. The
+  reference log-probs file, the adapters-only policies and the metrics agree within the float32
+  tolerance (measured: bfloat16 needs no looser one here); only process 0 writes."""
+  one, two = tmp_path / 'one', tmp_path / 'two'
+  r = subprocess.run(_args(one, tiny_hf_folder, *RECIPES), cwd=ROOT,
+                     env=_env(8, tmp_path / 'one.writes'), capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  codes, errs = _wait(_start_two(two, tiny_hf_folder, tmp_path, 'two', *RECIPES), tmp_path, 'two')
+  assert codes == [0, 0], errs
+  for stage in ('dpo', 'rl'):
+    _assert_rows_close(_rows(one, stage), _rows(two, stage), stage)
+  ref_a, ref_b = (json.loads((w / 'dpo' / 'reference.json').read_text()) for w in (one, two))
+  for side in ('ref_a', 'ref_b'):
+    np.testing.assert_allclose(ref_b[side], ref_a[side], rtol=RTOL, atol=ATOL, err_msg=side)
+  for stage in ('dpo', 'rl'):
+    info = json.loads((two / stage / 'policy' / 'DONE.json').read_text())
+    assert info['lora_base'] == '', stage  # adapters alone, over model.source
+    _assert_params_close(one / stage / 'policy', two / stage / 'policy', stage)
+    names = _flat(_params(two / stage / 'policy'))
+    assert names and all('_lora_' in n for n in names), sorted(names)[:5]
+  assert [r['step'] for r in _rows(two, 'rl')] == [1, 2, 3]
+  w0, w1 = _written(tmp_path, 'two0', two), _written(tmp_path, 'two1', two)
+  assert 'dpo/reference.json' in {os.path.relpath(p, two) for p in w0}
+  assert not w0 & w1, sorted(w0 & w1)[:10]

@@ -172,6 +172,8 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, tiny_
     ('--config.rl.algorithm=dqn', "Unknown rl.algorithm 'dqn'"),
     ('--config.rl.minibatches=3', r'rl.batch_size x rl.samples_per_prompt = 8 rows do not split into '
                                   r'rl.minibatches=3'),
+    ('--config.reward_model.batch_size=3', r'reward_model.batch_size=3 gives \(micro-\)batches of 3 '
+                                           r'rows, which do not split over the 2 devices'),
     ('--config.judge.constitution=/no/such/principles.txt',
      r"judge.constitution='/no/such/principles.txt' does not exist"),
     ('--workdir=/proc/rlaif_jax_run', r'--workdir=/proc/rlaif_jax_run: cannot write there'),

@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 
 from rlaif_jax.infra import checkpoints, storage
+from rlaif_jax.infra import sharding as shd
 from rlaif_jax.infra.errors import MissingInput, UserError
 from rlaif_jax.models.config import to_dtype
 from rlaif_jax.rl.config import RLConfig
@@ -45,6 +46,24 @@ def check_config(config: ml_collections.ConfigDict, stages: tuple[str, ...]) -> 
                     "configs/constitutions/harmless.txt) or give sft.data a JSONL of demonstrations.")
   if 'eval' in run and config.eval.human_pairs:
     _exists(config.eval.human_pairs, 'eval.human_pairs')
+
+
+def check_batches(config: ml_collections.ConfigDict, mesh, rules) -> None:
+  """Each training stage's (micro-)batches split over the devices of the mesh's batch axes (the
+  steps' shardings would refuse them inside the first call, after the earlier stages ran)."""
+  devices = shd.batch_shards(mesh, rules)
+  run = set(config.stages)
+  for stage in ('sft', 'reward_model', 'dpo'):
+    if stage in run:
+      c = config[stage]
+      micro = c.batch_size // max(c.get('micro_batches', 1), 1)
+      if micro % devices:
+        raise UserError(f'{stage}.batch_size={c.batch_size} gives (micro-)batches of {micro} rows, '
+                        f'which do not split over the {devices} devices of the mesh\'s batch axes; '
+                        f'make {stage}.batch_size / {stage}.micro_batches a multiple of {devices}.')
+  if 'rl' in run:
+    cfg = RLConfig.from_config(config.rl)
+    cfg.check_batch(config.rl.batch_size * cfg.samples_per_prompt, devices)
 
 
 def constitution_path(path: str) -> str:

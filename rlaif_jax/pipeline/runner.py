@@ -51,6 +51,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dic
   checks.check_config(config, tuple(STAGES))  # what the config alone shows, in a second
   checks.check_workdir(workdir)
   ctx = RunContext(config, workdir)
+  checks.check_batches(config, ctx.mesh, ctx.rules)  # the config against the mesh
   if set(config.stages) & set(PROMPT_STAGES):
     ctx.prompts()  # a data source that cannot be read fails now, before any model loads
 
