@@ -9,6 +9,7 @@ itself is read from a Hugging Face folder in the bucket (copied to a local cache
 """
 
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -62,9 +63,9 @@ def bucket_server(tmp_path):
   server.wait(timeout=30)
 
 
-def _command(workdir, source):
+def _command(workdir, source, *extra):
   return [sys.executable, '-m', 'rlaif_jax.main', '--config=configs/tiny.py', f'--workdir={workdir}',
-          f'--config.model.source={source}', STAGES, '--config.rl.iterations=8']
+          f'--config.model.source={source}', STAGES, '--config.rl.iterations=8', *extra]
 
 
 def _env(storage_env):
@@ -90,10 +91,12 @@ def _tensors(data: bytes):
   return safetensors.numpy.load(data)
 
 
+# a LoRA policy: its checkpoints in the bucket hold the adapters alone (the base is model.source)
+@pytest.mark.parametrize('extra', [(), ('--config.model.lora_rank=4',)], ids=['full', 'lora'])
 def test_pipeline_killed_in_a_bucket_resumes_from_it_to_the_same_end(tmp_path, tiny_hf_folder,
-                                                                       bucket_server):
+                                                                       bucket_server, extra):
   local = tmp_path / 'local'
-  r = subprocess.run(_command(local, tiny_hf_folder), cwd=ROOT, env=_env({}), capture_output=True,
+  r = subprocess.run(_command(local, tiny_hf_folder, *extra), cwd=ROOT, env=_env({}), capture_output=True,
                      text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
 
@@ -101,7 +104,7 @@ def test_pipeline_killed_in_a_bucket_resumes_from_it_to_the_same_end(tmp_path, t
   fs.put(tiny_hf_folder, 'bucket/models/tiny', recursive=True)  # the checkpoint folder in the bucket
   source = 'gs://bucket/models/tiny'
   log = open(tmp_path / 'killed.log', 'w')
-  proc = subprocess.Popen(_command(run, source), cwd=ROOT, env=_env(bucket_server),
+  proc = subprocess.Popen(_command(run, source, *extra), cwd=ROOT, env=_env(bucket_server),
                           stdout=log, stderr=log)
   t0 = time.time()
   while not fs.exists('bucket/run/rl/checkpoints/2'):  # RL has checkpointed into the bucket
@@ -115,7 +118,7 @@ def test_pipeline_killed_in_a_bucket_resumes_from_it_to_the_same_end(tmp_path, t
   assert not fs.exists('bucket/run/rl/DONE.json')
   assert not os.path.exists(os.path.join(ROOT, 'gs:'))  # nothing went to a local folder "gs:"
 
-  r = subprocess.run(_command(run, source), cwd=ROOT, env=_env(bucket_server),
+  r = subprocess.run(_command(run, source, *extra), cwd=ROOT, env=_env(bucket_server),
                      capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   assert '[rl] resumed at step' in r.stdout and '[label] complete already' in r.stdout, r.stdout[-3000:]
@@ -128,3 +131,7 @@ def test_pipeline_killed_in_a_bucket_resumes_from_it_to_the_same_end(tmp_path, t
   for name in a:
     np.testing.assert_array_equal(b[name], a[name], err_msg=name)
   assert fs.ls('bucket/run/tensorboard/rl')  # event files copied to the bucket
+  if extra:  # the adapters moved, and the finished policy names its base
+    assert json.loads(fs.cat('bucket/run/rl/policy/DONE.json'))['lora_base'] == ''
+    base = _tensors(open(os.path.join(tiny_hf_folder, 'model.safetensors'), 'rb').read())
+    assert any(not np.array_equal(a[n], base[n]) for n in base)
