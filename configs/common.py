@@ -175,6 +175,14 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.eval.human_pairs = ''  # optional JSONL of human-labeled pairs for judge-human alignment
   c.eval.human_pairs_limit = 0
 
+  # validate: the judge against a programmatic check on pairs from the policy (held-out prompts)
+  c.validate = ml_collections.ConfigDict()
+  c.validate.check = 'bulleted_list'  # a feedback/checks.py name or 'package.module:function'
+  c.validate.question = ''  # pointwise: a yes/no question about one response ('' = pairwise only)
+  c.validate.principle = ''  # pairwise: a principle for the judge's request ('' = judge.task alone)
+  c.validate.num_prompts = 32  # held-out prompts, two responses each; 0 = all
+  c.validate.sampling = sampling(64, temperature=1.0)
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.interval = 10  # steps (RL: iterations) between checkpoints
   c.checkpoint.keep = 2

@@ -19,7 +19,8 @@ from flax import nnx
 
 from rlaif_jax.feedback import option_scoring
 from rlaif_jax.feedback.preferences import Preference, expected_score_reward, soft_preference
-from rlaif_jax.feedback.requests import RATIONALE_REQUEST, JudgeConfig, direct_request, pairwise_request
+from rlaif_jax.feedback.requests import (RATIONALE_REQUEST, JudgeConfig, direct_request,
+                                         pairwise_request, question_request)
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.generation.sampler import SamplingConfig
 from rlaif_jax.infra import distributed
@@ -194,3 +195,20 @@ class Judge:
       lp = self.answer_log_probs(reqs, self.score_options)
       rewards[live] = np.asarray(expected_score_reward(jnp.asarray(lp)))
     return rewards, skipped
+
+  def yes_no(self, contexts: Sequence[Any], responses: Sequence[Any], question: str
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise scores log P(Yes) - log P(No) of `question` about each (context, response);
+    (scores, skipped). Skipped rows (not text) score 0."""
+    skipped = np.array([_text_or_none(c) is None or _text_or_none(r) is None
+                        for c, r in zip(contexts, responses)], bool)
+    scores = np.zeros(len(contexts), np.float32)
+    live = [i for i in range(len(contexts)) if not skipped[i]]
+    if live:
+      options = [self.tokenizer.encode(t, add_special_tokens=False) for t in ('Yes', 'No')]
+      reqs = [self.encode(question_request(self._cut(contexts[i], context=True),
+                                           self._cut(responses[i]), question), '')
+              for i in live]
+      lp = self.answer_log_probs(reqs, options)  # an answer of several tokens: their sum
+      scores[live] = lp[:, 0] - lp[:, 1]
+    return scores, skipped

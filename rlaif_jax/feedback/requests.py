@@ -3,7 +3,8 @@ and the judge's settings (`JudgeConfig`).
 
 Pairwise (RLAIF, Lee et al. 2023): a preamble, optional exemplars, the context and two responses, then
 the answer prefix `Preferred response=`; the judge's answer is "1" or "2". Direct (d-RLAIF): the judge
-rates one response from 1 to 10 after `Score=`. Both are user turns of the judge's chat template unless
+rates one response from 1 to 10 after `Score=`. Question (pointwise): a yes/no question about one
+response, scored log P(Yes) - log P(No). All are user turns of the judge's chat template unless
 `chat_template` is off.
 """
 
@@ -114,3 +115,11 @@ def direct_request(cfg: JudgeConfig, context: str, response: str) -> str:
   head = 'Text' if cfg.task == 'summarization' else 'Context'
   return (f'{DIRECT_PREAMBLES[cfg.task]}\n\n{head} - {context.strip()}\n'
           f'{what} - {response.strip() or "(empty)"}')
+
+
+def question_request(context: str, response: str, question: str) -> str:
+  """A yes/no question about one response (pointwise: no order to be biased by), e.g. "Is the
+  response a bulleted list?"; the judge's answer is "Yes" or "No"."""
+  return (f'Read the conversation and the response, then answer the question with Yes or No.\n\n'
+          f'Context - {context.strip()}\nResponse - {response.strip() or "(empty)"}\n\n'
+          f'Question - {question.strip()}')

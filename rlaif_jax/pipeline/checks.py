@@ -16,7 +16,7 @@ from rlaif_jax.models.config import to_dtype
 from rlaif_jax.rl.config import RLConfig
 
 TRAINING = ('sft', 'reward_model', 'dpo', 'rl')
-NEEDS_JUDGE = ('label', 'eval')
+NEEDS_JUDGE = ('label', 'eval', 'validate')
 
 
 def check_config(config: ml_collections.ConfigDict, stages: tuple[str, ...]) -> None:
@@ -44,6 +44,9 @@ def check_config(config: ml_collections.ConfigDict, stages: tuple[str, ...]) -> 
   if 'sft' in run and config.sft.data == 'revisions' and not config.judge.constitution:
     raise UserError("sft.data='revisions' needs a constitution: set judge.constitution (e.g. "
                     "configs/constitutions/harmless.txt) or give sft.data a JSONL of demonstrations.")
+  if 'validate' in run:
+    from rlaif_jax.feedback.checks import resolve
+    resolve(config.validate.check)  # an unknown check or one that does not import
   if 'eval' in run and config.eval.human_pairs:
     _exists(config.eval.human_pairs, 'eval.human_pairs')
 

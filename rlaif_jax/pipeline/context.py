@@ -26,7 +26,8 @@ from rlaif_jax.models import lora as lora_lib
 from rlaif_jax.pipeline import checks
 
 # Every stage, in the order a run takes them; a stage's PRNG key is folded from its index here.
-STAGE_ORDER = ('generate', 'sft', 'label', 'reward_model', 'dpo', 'rl', 'eval', 'export')
+# (a stage's PRNG key is its index here: new stages go last, so the others keep theirs)
+STAGE_ORDER = ('generate', 'sft', 'label', 'reward_model', 'dpo', 'rl', 'eval', 'export', 'validate')
 DONE = 'DONE.json'
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from rlaif_jax.feedback import validation
 from rlaif_jax.infra import metrics, storage
 
 
@@ -16,12 +17,10 @@ def win_rate(p_policy_better: np.ndarray, consistent: np.ndarray, resamples: int
   """Per prompt: 1 if the judge prefers the policy (p > 0.5, averaged over both orders), 0.5 on an
   exact tie, 0 otherwise. The win rate is their mean, with a seeded percentile-bootstrap 95%
   interval (`scipy.stats.bootstrap`)."""
-  from scipy import stats
   p = np.asarray(p_policy_better, np.float64)
   score = np.where(p > 0.5, 1.0, np.where(p < 0.5, 0.0, 0.5))
-  ci = stats.bootstrap((score,), np.mean, n_resamples=resamples, confidence_level=0.95,
-                       method='percentile', rng=np.random.default_rng(seed)).confidence_interval
-  return {'win_rate': float(score.mean()), 'win_rate_ci95': [float(ci.low), float(ci.high)],
+  low, high = validation.bootstrap_mean(score, resamples, seed)
+  return {'win_rate': float(score.mean()), 'win_rate_ci95': [low, high],
           'wins': int((p > 0.5).sum()), 'ties': int((p == 0.5).sum()), 'losses': int((p < 0.5).sum()),
           'mean_p_policy_better': float(p.mean()),
           'judge_position_consistency': float(np.mean(consistent))}

@@ -31,18 +31,18 @@ import ml_collections
 
 from rlaif_jax.infra import checkpoints, storage
 from rlaif_jax.pipeline import (checks, dpo, evaluate, export, generate, label, report, reward_model,
-                                rl, sft)
+                                rl, sft, validate)
 from rlaif_jax.pipeline.context import STAGE_ORDER, RunContext
 
 STAGES: dict[str, Callable[[RunContext], dict[str, Any]]] = {
     'generate': generate.run_stage, 'sft': sft.run_stage, 'label': label.run_stage,
     'reward_model': reward_model.run_stage, 'dpo': dpo.run_stage, 'rl': rl.run_stage, 'eval': evaluate.run_stage,
-    'export': export.run_stage,
+    'export': export.run_stage, 'validate': validate.run_stage,
 }
 assert tuple(STAGES) == STAGE_ORDER
 
 
-PROMPT_STAGES = ('sft', 'label', 'rl', 'eval')  # the stages that read config.data
+PROMPT_STAGES = ('sft', 'label', 'rl', 'eval', 'validate')  # the stages that read config.data
 
 
 def run_stages(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, Any]]:
