@@ -58,6 +58,8 @@ def test_agreement_leaves_out_check_ties_and_counts_judge_ties_as_half():
                             ).startswith('A weak signal')
   assert validation.verdict({'pairs': 40, 'agreement': 0.55, 'agreement_ci95': [0.4, 0.7]}
                             ).startswith('Do not train against it')
+  assert validation.verdict({'pairs': 3, 'agreement': 1.0, 'agreement_ci95': [1.0, 1.0]}
+                            ).startswith('Too few pairs for a verdict')
 
 
 class StandIn:
@@ -85,7 +87,7 @@ def test_validation_against_a_check_pairwise_and_pointwise_with_a_known_judge():
   pair = validation.validate(StandIn(), prompts, lists, plain, check, 'pairwise', resamples=200)
   # debiased p = (0.9 + 0.1) / 2 = 0.5 (a tie: half) where the list is longer, else 0.1 (B, against
   # the check, which prefers the list everywhere): two of each
-  assert pair['agreement'] == pytest.approx(0.25) and pair['verdict'].startswith('Do not train')
+  assert pair['agreement'] == pytest.approx(0.25) and pair['verdict'].startswith('Too few pairs')
   # consistent only where the first order also picked B (the longer, plain response)
   longer_b = np.mean([len(b) >= len(a) for a, b in zip(lists, plain)])
   assert pair['position_consistency'] == pytest.approx(longer_b)
@@ -139,5 +141,7 @@ def test_the_validate_stage_writes_its_measurement_and_verdicts(tmp_path, tiny_h
   for mode in ('pairwise', 'pointwise'):
     assert saved[mode]['pairs'] == differs and saved[mode]['verdict'] == out[mode]['verdict']
   assert saved['check_differs'] == differs / 4
+  assert 'judge agrees with check brevity' in runner.report.summary_table(
+      str(tmp_path), {'validate': out}, {'validate': 1.0})
   # a second run finds it done
   assert runner.run_stages(config, str(tmp_path))['validate']['pairwise'] == saved['pairwise']

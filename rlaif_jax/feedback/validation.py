@@ -16,6 +16,7 @@ import numpy as np
 from rlaif_jax.feedback import checks as checks_lib
 
 WORTH = 0.75  # agreement a judge needs before it is worth training against
+MIN_PAIRS = 20  # fewer pairs the check tells apart give no verdict
 
 
 def bootstrap_mean(scores: np.ndarray, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -49,8 +50,10 @@ def verdict(result: dict[str, Any]) -> str:
   """One plain sentence on whether to train against this judge and principle."""
   a, (low, _) = result['agreement'], result['agreement_ci95']
   n = result['pairs']
-  if not n:
-    return 'No pair told the check\'s two responses apart: nothing was measured; sample more varied pairs.'
+  if n < MIN_PAIRS:
+    return (f'Too few pairs for a verdict: the check told only {n} pairs apart (at least '
+            f'{MIN_PAIRS} are needed); use more prompts (validate.num_prompts) or a principle on '
+            f'which the policy\'s responses differ.')
   if a >= WORTH and low > 0.5:
     return (f'Worth training against: the judge agrees with the check on {a:.0%} of {n} pairs '
             f'(95% CI {low:.0%}-{result["agreement_ci95"][1]:.0%}).')

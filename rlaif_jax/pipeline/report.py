@@ -145,4 +145,12 @@ def _headline(workdir: str, stage: str, info: dict) -> str:
     return f'Hugging Face folder {info["folder"]}'
   if stage == 'generate':
     return f'{info["responses"]} responses'
+  if stage == 'validate':
+    parts = [f'{mode} {info[mode]["agreement"]:.0%} (CI {info[mode]["agreement_ci95"][0]:.0%}-'
+             f'{info[mode]["agreement_ci95"][1]:.0%})' for mode in ('pairwise', 'pointwise') if mode in info]
+    pairs = info['pairwise']['pairs']
+    return f'judge agrees with check {info["check"]}: {", ".join(parts)} on {pairs} pairs'
+  if stage == 'dpo':
+    return (f'held-out preference accuracy {info["eval_accuracy"]:.3f}, {info["steps"]} steps'
+            if 'eval_accuracy' in info else f'{info.get("steps", 0)} steps')
   return ''
