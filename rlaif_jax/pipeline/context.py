@@ -95,20 +95,18 @@ class RunContext:
                                                             marker, what)
     # entries the checkpoint lacks are still abstract: LoRA adapters start fresh (a policy trained
     # without them, now given some), anything else (a scalar head) at zero
-    fresh = lora_lib.fresh(params, {n for p, v in nnx.to_flat_state(params)
-                                if not isinstance(v.get_value(), jax.ShapeDtypeStruct)
-                                for n in [shd._path_name(p)]})
-
+    flat = [(shd._path_name(p), p, v) for p, v in nnx.to_flat_state(params)]
+    missing = {name for name, _, v in flat if isinstance(v.get_value(), jax.ShapeDtypeStruct)}
+    fresh = lora_lib.fresh(params, {name for name, _, _ in flat} - missing)
     shardings = {shd._path_name(p): v.get_value() for p, v in nnx.to_flat_state(
         shd.state_shardings(params, self.mesh, self.rules))}
 
-    def fill(path, x):
-      if not isinstance(x, jax.ShapeDtypeStruct):
-        return x
-      name = shd._path_name(path[:-1] if str(getattr(path[-1], 'name', '')) == 'value' else path)
+    def filled(name, var):
+      x = var.get_value()
       host = fresh[name] if name in fresh else np.zeros(x.shape, x.dtype)
-      return jax.make_array_from_callback(x.shape, shardings[name], lambda i: host[i])
-    params = jax.tree_util.tree_map_with_path(fill, params)
+      return var.replace(jax.make_array_from_callback(x.shape, shardings[name], lambda i: host[i]))
+    params = nnx.from_flat_state([(p, filled(name, v) if name in missing else v)
+                                  for name, p, v in flat])
     return nnx.merge(nnx.graphdef(abstract), params), tokenizer
 
   def policy_dir(self, reference: bool = False) -> epath.Path | None:

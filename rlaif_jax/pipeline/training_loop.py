@@ -11,6 +11,7 @@ from flax import nnx
 
 from rlaif_jax.data import prompts as prompts_lib
 from rlaif_jax.infra import checkpoints, distributed, metrics
+from rlaif_jax.infra import sharding as shd
 from rlaif_jax.infra.progress import Progress
 from rlaif_jax.models import lora as lora_lib
 from rlaif_jax.pipeline.context import DONE, RunContext
@@ -117,6 +118,6 @@ def save_policy(ctx: RunContext, stage: str, model: nnx.Module, info: dict) -> N
   params = policy_params(model)
   if model.cfg.lora_rank:
     params = nnx.from_flat_state([(p, v) for p, v in nnx.to_flat_state(params)
-                                  if lora_lib.is_adapter_name('/'.join(map(str, p)))])
+                                  if lora_lib.is_adapter_name(shd._path_name(p))])
     info = {**info, 'lora_base': ctx.lora_base()}
   checkpoints.save_params(ctx.path(stage, 'policy'), params, info)
