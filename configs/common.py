@@ -32,6 +32,13 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.stages = ('label', 'reward_model', 'rl', 'eval', 'export')  # run in this order
   c.seed = 0  # every PRNG key and shuffle of the run derives from this
+  # The principle's programmatic ground truth, when it has one: a feedback/checks.py name or
+  # 'package.module:function' of (prompt, response) -> score. validate measures the judge against
+  # it, eval reports the policy's checked effect, label.human='check' has it stand in for annotators.
+  c.check = ''
+  # label sources to compare (judge, human, hybrid): the stages run once per source in
+  # WORKDIR/<source>, then WORKDIR/compare.md (see pipeline/compare.py); () = one ordinary run
+  c.compare = ()
 
   c.model = ml_collections.ConfigDict()
   c.model.source = model_source  # 'smollm2' (embedded), a .gguf file, or a Hugging Face folder
@@ -101,6 +108,14 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.label.num_prompts = 0  # train prompts labeled (two sampled responses each); 0 = all
   c.label.batch_size = 8
   c.label.sampling = sampling(64, temperature=1.0)
+  c.label.question = ''  # pointwise judge labels: a yes/no question about one response ('' = pairwise)
+  c.label.pointwise_scale = 1.0  # pointwise: P(A better) = sigmoid((score A - score B) / scale)
+  c.label.source = 'judge'  # judge | human | hybrid (the pairs the judge is least sure of: label.human)
+  # human labels: a JSONL of {prompt, response_a, response_b, preference: "a"|"b"|"tie"|P(A better)},
+  # or 'check' (config.check stands in for human annotators; the report says so)
+  c.label.human = ''
+  c.label.human_budget = 0  # hybrid: the pairs that get a human label (the judge's least sure)
+  c.label.review_size = 0  # > 0: label/review_queue.jsonl, the AI labels most in doubt, to correct
 
   c.reward_model = ml_collections.ConfigDict()
   c.reward_model.source = ''  # '' = model.source (the backbone gets a scalar head)
@@ -174,10 +189,10 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.eval.sampling = sampling(64, temperature=0.0)
   c.eval.human_pairs = ''  # optional JSONL of human-labeled pairs for judge-human alignment
   c.eval.human_pairs_limit = 0
+  c.eval.samples_in_report = 4  # held-out responses of both policies side by side in report.md
 
-  # validate: the judge against a programmatic check on pairs from the policy (held-out prompts)
+  # validate: the judge against config.check on pairs from the policy (held-out prompts)
   c.validate = ml_collections.ConfigDict()
-  c.validate.check = 'bulleted_list'  # a feedback/checks.py name or 'package.module:function'
   c.validate.question = ''  # pointwise: a yes/no question about one response ('' = pairwise only)
   c.validate.principle = ''  # pairwise: a principle for the judge's request ('' = judge.task alone)
   c.validate.num_prompts = 32  # held-out prompts, two responses each; 0 = all

@@ -21,14 +21,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from rlaif_jax.infra import distributed  # after flag parsing, so --help is fast
-  from rlaif_jax.pipeline import runner
+  from rlaif_jax.pipeline import compare, runner
   if not flags.FLAGS['verbosity'].present:  # progress lines only; --verbosity=0 shows library logs
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   distributed.initialize(config.get('distributed', 'auto'))  # before anything touches a device
   if not distributed.is_writer():  # one process prints progress; errors still reach stderr
     sys.stdout = open(os.devnull, 'w')
-  runner.run_stages(config, _WORKDIR.value)
+  if config.get('compare'):  # the same run once per label source, then the comparison table
+    compare.run(config, _WORKDIR.value, runner.run_stages)
+  else:
+    runner.run_stages(config, _WORKDIR.value)
 
 
 def cli():

@@ -17,6 +17,7 @@ PAIRS = [
      'Hello, I am very happy to help you with this problem.'),
     ('brevity', 'Yes.', 'Yes, that is right, and here is why in some detail.'),
     ('polite', 'Thank you for asking! I hope this helps.', 'Here it is.'),
+    ('exclamations', 'Great question! Paris!', 'Paris, I think.'),
 ]
 
 
@@ -129,7 +130,7 @@ def test_the_validate_stage_writes_its_measurement_and_verdicts(tmp_path, tiny_h
   config = tiny.get_config()
   config.model.source = tiny_hf_folder
   config.stages = ('validate',)
-  config.validate.check, config.validate.num_prompts = 'brevity', 4
+  config.check, config.validate.num_prompts = 'brevity', 4
   config.validate.question = 'Is the response short?'
   config.validate.sampling.max_new_tokens = 8
   out = runner.run_stages(config, str(tmp_path))['validate']
@@ -145,3 +146,37 @@ def test_the_validate_stage_writes_its_measurement_and_verdicts(tmp_path, tiny_h
       str(tmp_path), {'validate': out}, {'validate': 1.0})
   # a second run finds it done
   assert runner.run_stages(config, str(tmp_path))['validate']['pairwise'] == saved['pairwise']
+
+
+def test_pointwise_labels_and_the_checked_effect():
+  """Pointwise label rows are the sigmoid of the yes/no scores' difference over the scale; the
+  checked effect is the mean paired difference of the check's scores with a bootstrap interval."""
+  import jax
+  from rlaif_jax.feedback import labeling
+
+  class Pointwise(StandIn):
+    name = 'stand-in'
+
+    def yes_no(self, contexts, responses, question):
+      scores, _ = super().yes_no(contexts, responses, question)
+      return scores, np.array([r == '' for r in responses])
+
+  lists, plain = ['- a\n- b', '1. x\n2. y', '- c'], ['a or b', '', '- c']
+  rows = labeling.label_batch(Pointwise(), ['Q'] * 3, lists, plain, 10, jax.random.key(0),
+                              question='Is this a list?', scale=2.0)
+  sa = np.array([3.0 * checks.bulleted_list('', r) - 1.0 for r in lists])
+  sb = np.array([3.0 * checks.bulleted_list('', r) - 1.0 for r in plain])
+  np.testing.assert_allclose([r['p_a_better'] for r in rows], 1 / (1 + np.exp(-(sa - sb) / 2)),
+                             rtol=1e-6)
+  assert [r['index'] for r in rows] == [10, 11, 12] and rows[2]['p_a_better'] == 0.5
+  assert [r['skipped'] for r in rows] == [False, True, False]
+  assert all(r['consistent'] and r['source'] == 'judge' for r in rows)
+  assert rows[0]['p_ab'] == pytest.approx(sa[0]) and rows[0]['principle'] == 'Is this a list?'
+  e = validation.checked_effect(checks.brevity, ['q'] * 4, ['a', 'a b', 'a', 'a b c'],
+                                ['a b', 'a b', 'a b c', 'a'], resamples=500)
+  assert e['effect'] == pytest.approx(0.25) and e['policy'] == pytest.approx(-7 / 4)
+  assert e['reference'] == pytest.approx(-2.0) and (e['policy_higher'], e['reference_higher']) == (2, 1)
+  lo, hi = e['effect_ci95']
+  assert lo < 0.25 < hi and lo >= -2 and hi <= 2
+  same = validation.checked_effect(checks.brevity, ['q'] * 3, ['a b'] * 3, ['a b'] * 3)
+  assert same['effect'] == 0.0 and same['effect_ci95'] == [0.0, 0.0]

@@ -224,7 +224,8 @@ def test_a_bug_in_the_library_keeps_its_traceback(tmp_path):
 
 
 @pytest.mark.parametrize('name, arg', [
-    ('smollm2_demo', None), ('smollm2_demo', 'rlaif,sample'), ('tldr_summarization', None),
+    ('smollm2_demo', None), ('smollm2_demo', 'rlaif,sample'), ('smollm2_demo', 'compare'),
+    ('tldr_summarization', None),
     ('tldr_summarization', 'drlaif'), ('hh_dialogue', None), ('tiny', None)])
 def test_every_config_builds_and_documents_its_command(name, arg):
   import importlib

@@ -5,7 +5,8 @@ prefer the response the check prefers?) and a policy's checked effect, without t
 Built in (`CHECKS`): `bulleted_list` (share of the response's lines that are list items),
 `ends_with_question` (1 if the last sentence asks the user something), `french` (share of words that
 are common French words minus that of common English ones), `brevity` (minus the word count: a
-shorter answer scores higher), `polite` (courtesy phrases per sentence). A config names one of
+shorter answer scores higher), `polite` (courtesy phrases per sentence), `exclamations` (exclamation
+marks: the demo's enthusiasm principle). A config names one of
 them or its own function as 'package.module:function' (`resolve`).
 """
 
@@ -58,8 +59,12 @@ def polite(prompt: str, response: str) -> float:
   return sum(text.count(phrase) for phrase in POLITE) / sentences
 
 
+def exclamations(prompt: str, response: str) -> float:
+  return float(response.count('!'))
+
+
 CHECKS: dict[str, Check] = {f.__name__: f for f in (bulleted_list, ends_with_question, french,
-                                                     brevity, polite)}
+                                                     brevity, polite, exclamations)}
 
 
 def resolve(name: str) -> Check:

@@ -91,3 +91,15 @@ def validate(judge: Any, prompts: Sequence[str], responses_a: Sequence[str],
                                  if consistent is not None and keep.any() else None)
   out['verdict'] = verdict(out)
   return out
+
+
+def checked_effect(check: checks_lib.Check, prompts: Sequence[str], policy: Sequence[str],
+                   reference: Sequence[str], resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+  """The check's score of the policy's responses against the reference policy's on the same
+  prompts: the mean paired difference with its bootstrap 95% interval, and each side's mean."""
+  sp = np.array([check(p, r) for p, r in zip(prompts, policy)], np.float64)
+  sr = np.array([check(p, r) for p, r in zip(prompts, reference)], np.float64)
+  low, high = bootstrap_mean(sp - sr, resamples, seed)
+  return {'prompts': len(sp), 'policy': float(sp.mean()), 'reference': float(sr.mean()),
+          'effect': float((sp - sr).mean()), 'effect_ci95': [low, high],
+          'policy_higher': int((sp > sr).sum()), 'reference_higher': int((sp < sr).sum())}

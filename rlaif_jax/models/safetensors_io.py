@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 
-import ml_dtypes  # noqa: F401 -- registers bfloat16 with NumPy, which the library then uses
 import numpy as np
 import safetensors
 import safetensors.numpy

@@ -44,11 +44,39 @@ def check_config(config: ml_collections.ConfigDict, stages: tuple[str, ...]) -> 
   if 'sft' in run and config.sft.data == 'revisions' and not config.judge.constitution:
     raise UserError("sft.data='revisions' needs a constitution: set judge.constitution (e.g. "
                     "configs/constitutions/harmless.txt) or give sft.data a JSONL of demonstrations.")
-  if 'validate' in run:
+  if config.check and run & {'label', 'eval', 'validate'}:
     from rlaif_jax.feedback.checks import resolve
-    resolve(config.validate.check)  # an unknown check or one that does not import
+    resolve(config.check)  # an unknown check or one that does not import
+  if 'validate' in run and not config.check:
+    raise UserError("The validate stage measures the judge against a check: set config.check (one "
+                    "of feedback/checks.py's or 'package.module:function').")
+  if 'label' in run:
+    _check_label(config)
   if 'eval' in run and config.eval.human_pairs:
     _exists(config.eval.human_pairs, 'eval.human_pairs')
+
+
+def _check_label(config: ml_collections.ConfigDict) -> None:
+  from rlaif_jax.feedback.label_sources import SOURCES
+  c = config.label
+  if c.source not in SOURCES:
+    raise UserError(f'label.source must be one of {", ".join(SOURCES)}, got {c.source!r}.')
+  if c.source == 'judge' and (c.human or c.human_budget):
+    raise UserError("label.human / label.human_budget are for label.source='human' or 'hybrid'; "
+                    "set label.source or leave them unset.")
+  if c.source != 'judge' and not c.human:
+    raise UserError(f"label.source={c.source!r} needs label.human: a JSONL of human-labeled pairs, "
+                    f"or 'check' to let config.check stand in for human annotators.")
+  if c.human == 'check' and not config.check:
+    raise UserError("label.human='check' needs config.check (the check that stands in for "
+                    "annotators).")
+  if c.human and c.human != 'check':
+    _exists(c.human, 'label.human')
+  if c.human_budget < 0 or (c.source == 'hybrid' and c.human_budget == 0):
+    raise UserError(f"label.human_budget={c.human_budget}: hybrid labels need a budget > 0 of "
+                    f"pairs for the human source.")
+  if c.pointwise_scale <= 0:
+    raise UserError(f'label.pointwise_scale must be > 0, got {c.pointwise_scale}.')
 
 
 def check_batches(config: ml_collections.ConfigDict, mesh, rules) -> None:

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from rlaif_jax.data import human_pairs
-from rlaif_jax.feedback import alignment
+from rlaif_jax.feedback import alignment, checks, validation
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import storage
 from rlaif_jax.pipeline import report, training_loop
@@ -60,12 +60,23 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   for name in ('policy', 'reference'):
     rewards, _ = harmless.direct_reward(prompts, responses[name])
     out[f'harmless_rate_{name}'] = float(np.mean(rewards > 0))
+  if ctx.config.check:  # the principle's effect, measured without the judge
+    out['check'] = {'name': ctx.config.check, **validation.checked_effect(
+        checks.resolve(ctx.config.check), prompts, responses['policy'], responses['reference'],
+        seed=ctx.config.seed)}
   if c.human_pairs:
     pairs = human_pairs.read_human_pairs(c.human_pairs, limit=c.human_pairs_limit or None)
     out['judge_human_alignment'] = alignment.alignment(judge, pairs, progress=False)
   write_samples(ctx.path('eval', 'samples.jsonl'), prompts, responses, pref.p_a_better)
-  report.write(ctx.workdir, out)
+  samples = [{'prompt': p, 'policy': a, 'reference': b} for p, a, b in
+             zip(prompts, responses['policy'], responses['reference'])][:c.samples_in_report]
+  report.write(ctx.workdir, out, samples)
   storage.write_json(ctx.path('eval', 'eval.json'), out)
+  if 'check' in out:
+    e = out['check']
+    print(f'[eval] check {e["name"]}: policy {e["policy"]:.3f} vs reference {e["reference"]:.3f}, '
+          f'effect {e["effect"]:+.3f} (95% CI {e["effect_ci95"][0]:+.3f} to '
+          f'{e["effect_ci95"][1]:+.3f})', flush=True)
   print(f'[eval] win rate vs reference {out["win_rate"]:.3f} (95% CI {out["win_rate_ci95"][0]:.3f}-'
         f'{out["win_rate_ci95"][1]:.3f}) on {len(prompts)} held-out prompts; report in '
         f'{ctx.path("eval", "report.md")}', flush=True)

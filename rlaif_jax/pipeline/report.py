@@ -47,11 +47,14 @@ def plot(rows: list[dict], keys: tuple[str, ...], title: str, path: storage.epat
   return _save(fig, path)
 
 
-def write(workdir: storage.PathLike, results: dict[str, Any]) -> storage.epath.Path:
-  """eval/report.md with the results, the RL and reward-model curves and a win-rate chart."""
+def write(workdir: storage.PathLike, results: dict[str, Any], samples: list[dict] = ()
+          ) -> storage.epath.Path:
+  """eval/report.md with the results (the checked effect first, when there is a check), the RL
+  and reward-model curves, a win-rate chart and `samples` (prompt, policy, reference) side by side."""
   out = storage.path(workdir) / 'eval'
+  rl_rows = metrics.read(workdir, 'rl')
   figures = [
-      plot(metrics.read(workdir, 'rl'), ('reward', 'kl', 'entropy'), 'RL: reward (normalised), '
+      plot(rl_rows, ('reward', 'kl', 'entropy'), 'RL: reward (normalised), '
            'KL to the reference, entropy', out / 'rl_reward_kl.png'),
       plot(metrics.read(workdir, 'reward_model'), ('loss', 'accuracy'), 'Reward model training',
            out / 'reward_model.png'),
@@ -60,6 +63,8 @@ def write(workdir: storage.PathLike, results: dict[str, Any]) -> storage.epath.P
   lines = ['# Evaluation', '', f'Held-out prompts: {results["prompts"]}; policy from '
            f'`{results["policy_from"]}`, reference from `{results["reference_from"]}`.', '',
            '| metric | value |', '|---|---|']
+  if 'check' in results:
+    lines.append(f'| **{checked(results["check"])}** | check of the principle, not the judge |')
   lo, hi = results['win_rate_ci95']
   lines.append(f'| win rate vs reference (judge, both orders) | {results["win_rate"]:.3f} '
                f'(95% CI {lo:.3f}-{hi:.3f}) |')
@@ -72,8 +77,17 @@ def write(workdir: storage.PathLike, results: dict[str, Any]) -> storage.epath.P
   if 'judge_human_alignment' in results:
     a = results['judge_human_alignment']
     lines.append(f'| judge-human agreement | {a["agreement"]:.3f} on {a["pairs"]} pairs |')
+  if rl_rows:
+    k = max(1, len(rl_rows) // 5)
+    kl = sum(r['kl'] for r in rl_rows[-k:]) / k
+    lines.append(f'| KL to the reference (RL rollouts, mean of the last {k} iterations) | {kl:.3f} |')
   lines.append('')
   lines += [f'![{f.name}]({f.name})' for f in figures if f]
+  if samples:
+    lines += ['', f'## Held-out samples ({len(samples)} of {results["prompts"]})', '',
+              '| prompt | policy | reference |', '|---|---|---|']
+    cell = lambda t: ' '.join(str(t).split()).replace('|', '\\|')
+    lines += [f'| {cell(s["prompt"])} | {cell(s["policy"])} | {cell(s["reference"])} |' for s in samples]
   path = out / 'report.md'
   storage.write_text(path, '\n'.join(lines) + '\n')
   return path
@@ -103,14 +117,23 @@ def _save(fig, path: storage.epath.Path) -> storage.epath.Path:
   return path
 
 
+def checked(e: dict) -> str:
+  """The checked effect in one phrase: check, effect and its 95% interval, both sides' means."""
+  lo, hi = e['effect_ci95']
+  return (f'check {e["name"]}: effect {e["effect"]:+.3f} (CI {lo:.3f}-{hi:.3f}), policy '
+          f'{e["policy"]:.3f} vs reference {e["reference"]:.3f} on {e["prompts"]} held-out prompts')
+
+
 def summary_table(workdir: storage.PathLike, summaries: dict[str, dict], seconds: dict[str, float]) -> str:
   """The run at a glance: one row per stage with its headline numbers and wall time."""
   rows = []
+  if 'check' in summaries.get('eval', {}):  # the headline: the effect measured without the judge
+    rows.append(('checked', checked(summaries['eval']['check']), ''))
   for stage, info in summaries.items():
     rows.append((stage, _headline(workdir, stage, info), f'{seconds.get(stage, 0.0):.0f} s'))
   width = max(len(r[1]) for r in rows) if rows else 10
   lines = [f'{"stage":<13}{"result":<{width + 2}}wall time', '-' * (width + 26)]
-  lines += [f'{s:<13}{h:<{width + 2}}{t}' for s, h, t in rows]
+  lines += [f'{s:<13}{h:<{width + 2}}{t}'.rstrip() for s, h, t in rows]
   lines.append(f'{"total":<13}{"":<{width + 2}}{sum(seconds.values()):.0f} s')
   report = storage.path(workdir) / 'eval' / 'report.md'
   if report.exists():
@@ -120,11 +143,21 @@ def summary_table(workdir: storage.PathLike, summaries: dict[str, dict], seconds
 
 def _headline(workdir: str, stage: str, info: dict) -> str:
   if stage == 'label':
-    return (f'{info["pairs"]} pairs labeled, judge position consistency '
-            f'{info["position_consistency"]:.2f}, mean confidence {info["mean_confidence"]:.2f}')
+    parts = [f'{info["pairs"]} pairs labeled']
+    if info.get('position_consistency') is not None:
+      parts.append(f'judge position consistency {info["position_consistency"]:.2f}, mean confidence '
+                   f'{info["mean_confidence"]:.2f}')
+    if info.get('check_agreement') is not None:
+      parts.append(f'labels agree with the check on {info["check_agreement"]:.0%} of '
+                   f'{info["check_pairs"]} pairs')
+    if info.get('human_labels'):
+      parts.append(f'{info["human_labels"]} human labels ({info["human_source"]})')
+    return ', '.join(parts)
   if stage == 'reward_model':
-    return (f'held-out accuracy vs AI labels {info["accuracy_ai"]:.3f} ({info["pairs_ai"]} pairs), '
-            f'{info["steps"]} steps')
+    vs_check = (f', vs the check {info["accuracy_check"]:.3f} ({info["pairs_check"]} pairs)'
+                if 'accuracy_check' in info else '')
+    return (f'held-out accuracy vs its labels {info["accuracy_ai"]:.3f} ({info["pairs_ai"]} pairs)'
+            f'{vs_check}, {info["steps"]} steps')
   if stage == 'rl':
     rows = metrics.read(workdir, 'rl')
     if rows:  # means over the first and last fifth of training (single iterations are noisy)

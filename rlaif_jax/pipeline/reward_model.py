@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from rlaif_jax.feedback import checks
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import checkpoints, distributed
 from rlaif_jax.infra import sharding as shd
@@ -62,7 +63,10 @@ def labeled_rows(ctx: RunContext, batch_size: int, eval_fraction: float
   if checkpoints.read_marker(ctx.path('label')) is None:
     raise MissingInput(f'The reward_model stage needs labels: no complete label stage in '
                        f'{ctx.path("label")}; add "label" to config.stages before it.')
-  rows = [r for r in label.read_labels(ctx.path('label', label.CHUNKS)) if not r['skipped']]
+  rows, reviewed = label.reviewed(ctx.path('label'), label.labels(ctx.path('label')))
+  if reviewed:
+    print(f'[labels] {reviewed} labels corrected in {ctx.path("label", label.QUEUE)}', flush=True)
+  rows = [r for r in rows if not r['skipped']]
   n_eval = max(1, int(len(rows) * eval_fraction))
   if len(rows) - n_eval < batch_size:
     raise UserError(f'{len(rows)} labeled pairs leave fewer than reward_model.batch_size='
@@ -100,7 +104,15 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
                              for i in range(0, len(train_rows) - c.batch_size + 1, c.batch_size))]
   stats = rm.reward_stats(np.concatenate(train_rewards))
   info = {**report, 'train_pairs': len(train_rows), 'eval_pairs': len(eval_rows), 'steps': c.steps}
+  if ctx.config.check:  # the held-out pairs labeled by the principle's check instead
+    check = checks.resolve(ctx.config.check)
+    by_check = [dict(r, p_a_better=checks.preferred(check, r['prompt'], r['response_a'],
+                                                    r['response_b'])) for r in eval_rows]
+    vs = held_out_report(ctx, model, reward, state.params, batch, by_check, c.batch_size)
+    info.update(accuracy_check=vs['accuracy_ai'], pairs_check=vs['pairs_ai'])
   save(ctx.path('reward_model', 'model'), state.params, stats, info)
-  print(f'[reward_model] held-out accuracy vs AI labels {report["accuracy_ai"]:.3f} on '
-        f'{report["pairs_ai"]} pairs', flush=True)
+  print(f'[reward_model] held-out accuracy vs its labels {report["accuracy_ai"]:.3f} on '
+        f'{report["pairs_ai"]} pairs' + (f', vs check {ctx.config.check} {info["accuracy_check"]:.3f} '
+                                         f'on {info["pairs_check"]}' if ctx.config.check else ''),
+        flush=True)
   return {**stats._asdict(), **info}

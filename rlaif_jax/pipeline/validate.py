@@ -23,7 +23,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   if (info := training_loop.complete(ctx, 'validate', 'validation.json')) is not None:
     return info
   c = ctx.config.validate
-  check = checks.resolve(c.check)
+  check = checks.resolve(ctx.config.check)
   _, held_out = ctx.prompts()
   prompts = held_out[:c.num_prompts] if c.num_prompts > 0 else held_out
   if not prompts:
@@ -32,7 +32,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   policy = text_lib.TextGenerator(model, tokenizer, ctx.mesh)
   a, b = labeling.response_pairs(policy, prompts, ctx.sampling(c.sampling), ctx.stage_key('validate'))
   judge = ctx.judge()
-  out = {'check': c.check, 'prompts': len(prompts), 'judge': judge.name,
+  out = {'check': ctx.config.check, 'prompts': len(prompts), 'judge': judge.name,
          'policy_from': str(ctx.policy_dir() or ctx.config.model.source)}
   modes = [('pairwise', None)] + ([('pointwise', c.question)] if c.question else [])
   for mode, question in modes:
