@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The RLAIF demo on the embedded default model (SmolLM2-135M-Instruct), from a fresh clone: label
-# response pairs with the debiased judge, train the reward model, PPO, win rate on held-out prompts,
-# export. About 15 minutes on 2 CPU cores; stop it any time and run it again to resume.
+# The RLAIF demo on the embedded default model (SmolLM2-135M-Instruct), from a fresh clone, for a
+# principle with a programmatic check: the judge validated against the check on held-out pairs,
+# response pairs labeled by the judge (pointwise), the reward model, PPO, then the policy's checked
+# effect and the judge's win rate on held-out prompts, export. About 17 minutes on 2 CPU cores; stop
+# it any time and run it again to resume.
 # Extra arguments go to rlaif_jax.main, e.g.  bash launch/demo.sh --config.rl.iterations=40
 cd "$(dirname "$0")/.." || exit 1
 source launch/setup.sh || exit 1

@@ -161,8 +161,9 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   info = {'labels': str(chunks), 'source': c.source, 'pairs': len(rows),
           'skipped': len(rows) - len(live), 'human_labels': len(live) - len(ai),
           'human_source': name, 'review_queue': str(queue) if c.review_size > 0 else '',
-          # the judge's labels alone (none when label.source is human)
-          'position_consistency': float(np.mean([r['consistent'] for r in ai])) if ai else None,
+          # the judge's labels alone (none when label.source is human; pointwise has no order)
+          'position_consistency': float(np.mean([r['consistent'] for r in ai]))
+          if ai and not c.question else None,
           'mean_confidence': float(np.mean([abs(r['p_a_better'] - 0.5) * 2 for r in ai]))
           if ai else None}
   if ctx.config.check:  # the labels against the principle's check (ties by the check left out)

@@ -145,8 +145,9 @@ def _headline(workdir: str, stage: str, info: dict) -> str:
   if stage == 'label':
     parts = [f'{info["pairs"]} pairs labeled']
     if info.get('position_consistency') is not None:
-      parts.append(f'judge position consistency {info["position_consistency"]:.2f}, mean confidence '
-                   f'{info["mean_confidence"]:.2f}')
+      parts.append(f'judge position consistency {info["position_consistency"]:.2f}')
+    if info.get('mean_confidence') is not None:
+      parts.append(f'mean confidence {info["mean_confidence"]:.2f}')
     if info.get('check_agreement') is not None:
       parts.append(f'labels agree with the check on {info["check_agreement"]:.0%} of '
                    f'{info["check_pairs"]} pairs')
