@@ -166,10 +166,11 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
           if ai and not c.question else None,
           'mean_confidence': float(np.mean([abs(r['p_a_better'] - 0.5) * 2 for r in ai]))
           if ai else None}
-  if ctx.config.check:  # the labels against the principle's check (ties by the check left out)
+  if ctx.config.check and live:  # the labels against the principle's check (its ties left out)
     check = checks_lib.resolve(ctx.config.check)
-    a = validation.agreement([r['p_a_better'] for r in live], [checks_lib.preferred(
-        check, r['prompt'], r['response_a'], r['response_b']) for r in live], seed=ctx.config.seed)
+    a = validation.agreement([r['p_a_better'] for r in live], label_sources.check_labels(
+        check, *zip(*((r['prompt'], r['response_a'], r['response_b']) for r in live))),
+        seed=ctx.config.seed)
     info.update(check_agreement=a['agreement'], check_agreement_ci95=a['agreement_ci95'],
                 check_pairs=a['pairs'])
   info['seconds'] = time.time() - t0
