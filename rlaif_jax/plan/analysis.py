@@ -20,6 +20,7 @@ from rlaif_jax.infra import sharding as shd
 from rlaif_jax.models import gguf_checkpoint, hf_checkpoint, loading
 from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.models.config import ModelConfig
+from rlaif_jax.plan import loops
 from rlaif_jax.plan.chips import HEADROOM, Chip
 from rlaif_jax.infra.errors import MissingInput
 
@@ -92,16 +93,12 @@ class Step:
     return max(self.flops / (chip.peak_flops * mfu), self.bytes_accessed / chip.bandwidth)
 
 
-Cost = Callable[[tuple[float, float]], tuple[float, float]]
-
-
-def compile_step(step: Step, fn: Callable, args: Sequence[Any], mesh: jax.sharding.Mesh,
-                 cost: Cost | None = None) -> Step:
+def compile_step(step: Step, fn: Callable, args: Sequence[Any], mesh: jax.sharding.Mesh) -> Step:
   """Lower and compile `fn` (a jax.jit with in_shardings) on abstract args; fill in the numbers.
 
-  XLA's cost analysis does not multiply a loop body by its trip count, so a step that loops (scanned
-  layers, the RL update's epochs and minibatches, gradient accumulation) takes its (FLOPs, HBM bytes)
-  from `cost(own cost)` instead (see `scaled_cost`)."""
+  XLA's cost analysis counts a loop body once (the layer scan, the LM head's row chunks, the RL
+  update's epochs, minibatches and micro-batches); `loops.loop_factors` reads the compiled program
+  to count each loop as often as it runs."""
   t0 = time.time()
   try:
     with jax.set_mesh(mesh):
@@ -117,10 +114,11 @@ def compile_step(step: Step, fn: Callable, args: Sequence[Any], mesh: jax.shardi
   mem = compiled.memory_analysis()
   step.arguments, step.outputs = mem.argument_size_in_bytes, mem.output_size_in_bytes
   step.aliased, step.temporaries = mem.alias_size_in_bytes, mem.temp_size_in_bytes
-  own = _cost(compiled)
-  step.flops, step.bytes_accessed = cost(own) if cost is not None else own
-  extra = f' (+{time.time() - t1:.0f} s for its cost)' if cost is not None else ''
-  print(f'[plan] {step.stage} / {step.name}: compiled in {t1 - t0:.0f} s{extra}', flush=True)
+  flops, bytes_ = _cost(compiled)
+  flops_factor, bytes_factor = loops.loop_factors(compiled.as_text())
+  step.flops, step.bytes_accessed = flops * flops_factor, bytes_ * bytes_factor
+  print(f'[plan] {step.stage} / {step.name}: compiled in {t1 - t0:.0f} s (loops counted in '
+        f'{time.time() - t1:.1f} s)', flush=True)
   return step
 
 
@@ -128,48 +126,6 @@ def _cost(compiled) -> tuple[float, float]:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get('flops', 0.0)), float(cost.get('bytes accessed', 0.0))
-
-
-def _lowered(fn: Callable, args: Sequence[Any], mesh: jax.sharding.Mesh):
-  with jax.set_mesh(mesh):
-    return fn.lower(*args)
-
-
-def _compiled_cost(lowered, mesh: jax.sharding.Mesh) -> tuple[float, float]:
-  with jax.set_mesh(mesh):
-    return _cost(lowered.compile())
-
-
-def scaled_cost(build: Callable[..., tuple[Callable, Sequence[Any]]], layers: int, scanned: bool,
-                mesh: jax.sharding.Mesh, times: int = 1) -> Cost:
-  """(FLOPs, HBM bytes) of a step from its own compile and the same step built without layers.
-
-  XLA counts each loop body once: the layer scan (a scanned step's own cost holds one layer, an
-  unscanned one all L), the LM head's row chunks and the update's epoch / minibatch / micro-batch
-  loops. `build(layers, whole_head, small_vocab)` builds the step for unscanned copies of the
-  models: with 0 layers and the same loops, own - it is the counted layers' cost; with the LM head
-  in one chunk it is the full cost outside the layers. The step then costs `times` x (outside + L
-  layers), `times` being the passes its loops make. Under the scan XLA also counts the whole
-  stacked weight as read by the body, so there a layer's bytes come from 1 - 0 unscanned layers
-  at a small vocabulary (a layer's cost does not depend on it). A few small compiles instead of
-  the unrolled model's."""
-  counted = 1 if scanned else layers
-
-  def run(own):
-    outside_program = _lowered(*build(0, False, False), mesh)
-    whole_program = _lowered(*build(0, True, False), mesh)
-    outside = _compiled_cost(outside_program, mesh)
-    # the same program when the step's head needs one chunk anyway (sampling, the reward model)
-    whole = (outside if whole_program.as_text() == outside_program.as_text()
-             else _compiled_cost(whole_program, mesh))
-    flops = (own[0] - outside[0]) / counted
-    if scanned and layers > 1:
-      one, none = (_compiled_cost(_lowered(*build(n, False, True), mesh), mesh)[1] for n in (1, 0))
-      bytes_ = one - none
-    else:
-      bytes_ = (own[1] - outside[1]) / counted
-    return times * (whole[0] + layers * flops), times * (whole[1] + layers * bytes_)
-  return run
 
 
 def decoding_shardings(d: sampler.Decoding, rules, mesh: jax.sharding.Mesh) -> sampler.Decoding:

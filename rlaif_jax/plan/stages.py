@@ -24,7 +24,7 @@ from rlaif_jax.infra import sharding as shd
 from rlaif_jax.plan.chips import Chip, topology_devices
 from rlaif_jax.plan.analysis import (S, Step, abstract_arrays, abstract_key, abstract_model,
                                      compile_step, decoding_shardings, device_bytes,
-                                     model_config, params_bytes, scaled_cost)
+                                     model_config, params_bytes)
 from rlaif_jax.rl import rewards
 from rlaif_jax.rl import update as update_lib
 from rlaif_jax.rl.config import RLConfig, values_from_first_step
@@ -67,32 +67,11 @@ class Planning:
     """Bytes per device of a model's parameters."""
     return params_bytes(model, self.mesh)
 
-  @property
-  def scanned(self) -> bool:
-    return self.policy.cfg.scan_layers
 
-  def cut(self, layers: int, whole_head: bool = False, small_vocab: bool = False) -> 'Planning':
-    """The same plan with unscanned `layers`-layer models (what a step costs outside its layers, or
-    per layer, for `scaled_cost`); whole_head: the LM head's log-probs in one chunk, so XLA counts
-    all of them; small_vocab: a 64-per-tensor-shard vocabulary."""
-    def cut(mod):
-      cfg = mod.cfg.replace(num_layers=layers, scan_layers=False,
-                            layer_types=mod.cfg.layer_types[:layers] if layers else ())
-      if small_vocab:
-        cfg = cfg.replace(vocab_size=min(cfg.vocab_size, 64 * self.mesh.shape.get('tensor', 1)))
-      return abstract_model(cfg.replace(logit_chunk_rows=1 << 30) if whole_head else cfg)
-    return dataclasses.replace(self, **{f: cut(getattr(self, f)) for f in MODELS})
-
-
-MODELS = ('policy', 'judge', 'reward', 'reference', 'frozen_reward')
-
-
-def compile_built(p: Planning, step: Step, build, layers: int, times: int = 1) -> Step:
-  """Compile `build(p) -> (jitted fn, abstract args)`, its (FLOPs, bytes) scaled from the same step
-  without layers (`scaled_cost`); memory comes from the real compile."""
+def compile_built(p: Planning, step: Step, build) -> Step:
+  """Compile `build(p) -> (jitted fn, abstract args)` and read back its numbers."""
   fn, args = build(p)
-  cost = scaled_cost(lambda *cut: build(p.cut(*cut)), layers, p.scanned, p.mesh, times)
-  return compile_step(step, fn, args, p.mesh, cost)
+  return compile_step(step, fn, args, p.mesh)
 
 
 def plan_models(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> Planning:
@@ -144,10 +123,9 @@ def sampler_steps(p: Planning, stage: str, rows: int, settings: ml_collections.C
                    donate_argnums=(1,))
     return step, (args[0], decoding)
 
-  layers = p.policy.cfg.num_layers
-  return [compile_built(p, Step(stage, 'rollout prefill', 1, resident), prefill, layers),
+  return [compile_built(p, Step(stage, 'rollout prefill', 1, resident), prefill),
           compile_built(p, Step(stage, 'rollout decode step', cfg.max_new_tokens - 1, resident),
-                        decode, layers)]
+                        decode)]
 
 
 def judge_step(p: Planning, step: Step, rows: int, length: int, options: tuple[int, int]) -> Step:
@@ -156,7 +134,7 @@ def judge_step(p: Planning, step: Step, rows: int, length: int, options: tuple[i
     fn = option_scoring.jit_option_log_probs(q.judge, q.mesh).jitted
     return fn, (abstract_arrays(nnx.state(q.judge)), S((rows, length), jnp.int32),
                 S((rows, length), bool), S(options, jnp.int32), S(options, bool))
-  return compile_built(p, step, build, p.judge.cfg.num_layers)
+  return compile_built(p, step, build)
 
 
 def label_steps(p: Planning) -> list[Step]:
@@ -178,8 +156,7 @@ def reward_model_steps(p: Planning) -> list[Step]:
   def build(q: Planning):
     step = rm.make_train_step(q.reward, optimizer, p.mesh, c.micro_batches)
     return step.jitted, (jax.eval_shape(step.init), batch)
-  return [compile_built(p, Step('reward_model', 'reward-model train step', 1, 0), build,
-                        p.reward.cfg.num_layers, times=c.micro_batches)]
+  return [compile_built(p, Step('reward_model', 'reward-model train step', 1, 0), build)]
 
 
 def rl_scoring_steps(p: Planning, response: tuple, w_state: int, w_policy: int, scorer_weights: int,
@@ -192,7 +169,7 @@ def rl_scoring_steps(p: Planning, response: tuple, w_state: int, w_policy: int, 
             (abstract_arrays(nnx.state(q.reference)), *response))
 
   steps = [compile_built(p, Step('rl', 'score: reference log-probs', 1, w_state + scorer_weights),
-                         reference, p.reference.cfg.num_layers)]
+                         reference)]
   if p.rl.algorithm == 'ppo' and not values_from_first_step(p.rl):
     # the update's own forward pass for the old values (with one minibatch and no micro-batches
     # its first step gives them, at no cost)
@@ -202,14 +179,12 @@ def rl_scoring_steps(p: Planning, response: tuple, w_state: int, w_policy: int, 
       fn = scoring.jit_response_fn(critic(q), q.mesh, update_lib.token_values).jitted
       return fn, (abstract_arrays(nnx.state(critic(q))), *response)
     steps.append(compile_built(
-        p, Step('rl', 'score: old values', 1, w_state - p.weights(critic(p)) + others), old_values,
-        critic(p).cfg.num_layers))
+        p, Step('rl', 'score: old values', 1, w_state - p.weights(critic(p)) + others), old_values))
   if p.rl.reward == 'reward_model':
     def reward(q: Planning):
       fn = rewards.reward_model_rewards(q.frozen_reward, None, q.mesh, rm.RewardStats(0.0, 1.0)).jitted
       return fn, (abstract_arrays(nnx.state(q.frozen_reward)), *response)
-    steps.append(compile_built(p, Step('rl', 'score: reward model', 1, w_state + w_policy), reward,
-                               p.frozen_reward.cfg.num_layers))
+    steps.append(compile_built(p, Step('rl', 'score: reward model', 1, w_state + w_policy), reward))
   else:  # d-RLAIF: the judge's 1-10 answer after each prompt + response
     c = p.config.rl
     steps.append(judge_step(p, Step('rl', 'score: judge (d-RLAIF)', 1, w_state + w_policy),
@@ -220,8 +195,8 @@ def rl_scoring_steps(p: Planning, response: tuple, w_state: int, w_policy: int, 
 
 def rl_update_step(p: Planning, optimizer, rows: int, response: tuple, others: int,
                    value: bool) -> Step:
-  """The update as the RL loop calls it (PPO's old values left to it); XLA counts one pass of its
-  loops, which run epochs x minibatches x micro-batches times."""
+  """The update as the RL loop calls it (PPO's old values left to it): epochs x minibatches x
+  micro-batches, each a pass of its loops."""
   c, rl_cfg, n = p.config.rl, p.rl, p.config.rl.sampling.max_new_tokens
   rollout = Rollout(*response, *(S((rows, n), jnp.float32),) * 2, None, S((rows,), jnp.float32))
 
@@ -231,8 +206,7 @@ def rl_update_step(p: Planning, optimizer, rows: int, response: tuple, others: i
     return u.jitted, (jax.eval_shape(u.init), rollout, S((), jnp.float32), abstract_key())
   micro = f' x {rl_cfg.micro_batches} micro' if rl_cfg.micro_batches > 1 else ''
   name = f'{rl_cfg.algorithm} update ({rl_cfg.epochs} epochs x {rl_cfg.minibatches} minibatches{micro})'
-  return compile_built(p, Step('rl', name, 1, others), build, p.policy.cfg.num_layers,
-                       times=rl_cfg.epochs * rl_cfg.minibatches * rl_cfg.micro_batches)
+  return compile_built(p, Step('rl', name, 1, others), build)
 
 
 def rl_steps(p: Planning) -> list[Step]:
