@@ -72,6 +72,7 @@ def main():
   base = rows[1][2]
   print(f'\nForward pass, SmolLM2-135M-Instruct, batch {args.batch} x {args.length} tokens, '
         f'{machine.describe()}, jax {jax.__version__}, torch {torch.__version__}')
+  print(machine.matmul_rates())
   print(f'{"implementation":<30}{"dtype":<14}{"seconds":>9}{"tokens/s":>11}{"vs torch":>10}')
   for name, dtype, sec in rows:
     print(f'{name:<30}{dtype:<14}{sec:>9.3f}{n_tokens / sec:>11.0f}{base / sec:>9.2f}x')

@@ -143,6 +143,7 @@ def report(work: str, results: dict, iterations: int) -> None:
         f'x {SETTINGS["samples"]} samples -> {SETTINGS["new_tokens"]} new tokens, one AdamW step, '
         f'{machine.describe()}; jax {ours["jax"]}, torch {trl["torch"]}, trl {trl["trl"]}; '
         f'{iterations} iterations each; results in {work}')
+  print(machine.matmul_rates())
   print(f'{"":<18}{"s/iter steady":>15}{"first iter":>12}{"rollout":>10}{"scoring":>9}'
         f'{"update":>8}{"peak RSS MB":>13}{"TRL / this":>12}')
   for name, r in results.items():

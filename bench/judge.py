@@ -82,6 +82,7 @@ def main():
   t_theirs = time.perf_counter() - t
   print(f'\nJudge labeling, SmolLM2-135M-Instruct, {args.pairs} pairs x 2 orders, float32, '
         f'{machine.describe()}')
+  print(machine.matmul_rates())
   print(f'{"implementation":<44}{"pairs/s":>9}{"ratio":>8}')
   print(f'{"rlaif_jax Judge.pairwise (batch " + str(args.batch) + ", jitted)":<44}'
         f'{args.pairs / t_ours:>9.2f}{t_theirs / t_ours:>7.2f}x')

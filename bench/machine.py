@@ -20,3 +20,39 @@ def cpu_model() -> str:
 def describe() -> str:
   """'CPU <model>, N cores' for a table's header line."""
   return f'CPU {cpu_model()}, {os.cpu_count()} cores'
+
+
+MATMUL_SHAPES = ((2048, 576, 1536), (16, 576, 1536))  # SmolLM2's MLP: a training batch, a decode step
+
+
+def matmul_rates(shapes=MATMUL_SHAPES, repeats: int = 20) -> str:
+  """'float32 matmul GFLOP/s, XLA / PyTorch: MxKxN a / b, ...', measured now on all cores (median
+  of `repeats`): the two libraries' own ceiling on this host, for reading a bench's ratio."""
+  import statistics
+  import time
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  torch.set_num_threads(os.cpu_count())
+  matmul = jax.jit(lambda a, b: a @ b)
+
+  def rate(fn, m, k, n):
+    fn()
+    times = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - t)
+    return 2 * m * k * n / statistics.median(times) / 1e9
+
+  parts = []
+  for m, k, n in shapes:
+    a, b = np.random.default_rng(0).standard_normal((2, max(m, k), max(k, n)), np.float32)
+    a, b = a[:m, :k].copy(), b[:k, :n].copy()
+    ja, jb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
+    ours = rate(lambda: matmul(ja, jb).block_until_ready(), m, k, n)
+    theirs = rate(lambda: ta @ tb, m, k, n)
+    parts.append(f'{m}x{k}x{n} {ours:.0f} / {theirs:.0f}')
+  return 'float32 matmul GFLOP/s, XLA / PyTorch: ' + ', '.join(parts)

@@ -206,6 +206,7 @@ def report(work: str, results: dict, iterations: int) -> None:
         f'{SETTINGS["epochs"]} epochs x {SETTINGS["minibatches"]} minibatch, {machine.describe()}; '
         f'jax {ours["jax"]}, torch {trl["torch"]}, trl {trl["trl"]}; '
         f'{iterations} iterations each; results in {work}')
+  print(machine.matmul_rates())
   print(f'{"":<18}{"s/iter steady":>15}{"first iter":>12}{"rollout":>10}{"scoring":>9}'
         f'{"update":>8}{"peak RSS MB":>13}{"TRL / this":>12}')
   for name, r in results.items():
