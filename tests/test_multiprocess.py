@@ -27,6 +27,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, 'tests', 'audited_main.py')
 # the 2-process runs sum across processes with gloo: a different order of float additions
 RTOL, ATOL = 2e-4, 2e-5
+# trained parameters: Adam divides by sqrt(v), so a parameter whose gradient is near zero moves by up
+# to the learning rate (1e-3 in configs/tiny.py) per step whatever the rounding did to that gradient.
+# On an Intel Xeon host 1 of 16,576 lm_head entries of the rl policy differed by 3.0e-5 (3% of one
+# step) after 6 iterations; a sharding bug moves many entries by whole steps.
+PARAM_ATOL = 5e-5
 
 
 def _free_port():
@@ -104,7 +109,7 @@ def _assert_params_close(a_folder, b_folder, what):
   a, b = _flat(_params(a_folder)), _flat(_params(b_folder))
   assert a.keys() == b.keys() and a, what
   for k in a:
-    np.testing.assert_allclose(b[k], a[k], rtol=RTOL, atol=ATOL, err_msg=f'{what} {k}')
+    np.testing.assert_allclose(b[k], a[k], rtol=RTOL, atol=PARAM_ATOL, err_msg=f'{what} {k}')
 
 
 @pytest.fixture(scope='module')
@@ -138,8 +143,8 @@ def test_two_processes_run_every_stage_like_one(runs, tiny_hf_folder):
   ta = safetensors_io.read(str(one / 'export' / 'model.safetensors'))
   tb = safetensors_io.read(str(two / 'export' / 'model.safetensors'))
   assert sorted(ta) == sorted(tb)
-  for name in ta:
-    np.testing.assert_allclose(tb[name], ta[name], rtol=RTOL, atol=ATOL, err_msg=name)
+  for name in ta:  # the trained policy, exported
+    np.testing.assert_allclose(tb[name], ta[name], rtol=RTOL, atol=PARAM_ATOL, err_msg=name)
   # the policy moved: the comparison is not of two untouched copies of the base model
   base = safetensors_io.read(os.path.join(tiny_hf_folder, 'model.safetensors'))
   assert not np.allclose(ta['model.layers.0.mlp.down_proj.weight'],
