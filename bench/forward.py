@@ -1,7 +1,10 @@
 """Forward-pass throughput: rlaif_jax vs transformers' PyTorch Llama on SmolLM2-135M-Instruct.
 
 Same weights (ours exported to a Hugging Face folder and loaded by transformers), same batch of
-8 x 256 tokens, float32 on this machine's CPU; an extra row runs our model with bfloat16 compute.
+8 x 256 tokens, float32 on this machine's CPU. Extra rows, never replacing the float32 ones: both
+models in bfloat16 (weights and compute; PyTorch's bfloat16 matmuls use the CPU's bfloat16 or AMX
+instructions where it has them), and ours with its bfloat16 dots asked the plain way (what
+`rlaif_jax.models.dots` replaces on such CPUs), for a before/after in the same run.
 Needs the test extra (torch):  bash launch/test.sh --co -q >/dev/null; python -m bench.forward
 """
 
@@ -17,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from bench import machine
+from rlaif_jax.models import dots
 from rlaif_jax.models import hf_checkpoint
 from rlaif_jax.models import loading
 from rlaif_jax.models import transformer as model_lib
@@ -66,16 +70,24 @@ def main():
       ref(input_ids=tt, use_cache=False).logits
 
   rows.append(('transformers PyTorch (sdpa)', 'float32', timed(torch_fwd, args.repeats)))
-  bf16, _ = loading.load_model('smollm2', dtype='bfloat16')
-  rows.append(('rlaif_jax (jax.jit)', 'bf16 compute', timed(ours(bf16), args.repeats)))
+  bf16, _ = loading.load_model('smollm2', dtype='bfloat16', param_dtype='bfloat16')
+  rows.append(('rlaif_jax (jax.jit)', 'bfloat16', timed(ours(bf16), args.repeats)))
+  wide = dots.wide_accumulation
+  dots.wide_accumulation = lambda dtype: False  # the plain bfloat16 dot, as before rlaif_jax.models.dots
+  rows.append(('rlaif_jax, plain bf16 dots', 'bfloat16', timed(ours(bf16), args.repeats)))
+  dots.wide_accumulation = wide
+  ref = ref.to(torch.bfloat16)
+  rows.append(('transformers PyTorch (sdpa)', 'bfloat16', timed(torch_fwd, args.repeats)))
 
-  base = rows[1][2]
+  base = {dtype: sec for name, dtype, sec in rows if name.startswith('transformers')}
   print(f'\nForward pass, SmolLM2-135M-Instruct, batch {args.batch} x {args.length} tokens, '
         f'{machine.describe()}, jax {jax.__version__}, torch {torch.__version__}')
   print(machine.matmul_rates())
-  print(f'{"implementation":<30}{"dtype":<14}{"seconds":>9}{"tokens/s":>11}{"vs torch":>10}')
+  print(f'bfloat16 dots through the CPU\'s bfloat16 kernels: {dots.wide_accumulation(jnp.bfloat16)}')
+  print(f'{"implementation":<30}{"dtype":<14}{"seconds":>9}{"tokens/s":>11}'
+        f'{"vs torch, same dtype":>22}')
   for name, dtype, sec in rows:
-    print(f'{name:<30}{dtype:<14}{sec:>9.3f}{n_tokens / sec:>11.0f}{base / sec:>9.2f}x')
+    print(f'{name:<30}{dtype:<14}{sec:>9.3f}{n_tokens / sec:>11.0f}{base[dtype] / sec:>21.2f}x')
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import dots
 from rlaif_jax.models import transformer as model_lib
 
 
@@ -75,7 +76,7 @@ def head_log_probs(hidden: jax.Array, w: jax.Array, targets: jax.Array, scale: j
 
 def _logits(h, w, scale, softcap):
   """(scaled logits [c, V] float32, d scaled / d raw logits or None)."""
-  raw = (h @ w.astype(h.dtype).T).astype(jnp.float32)
+  raw = dots.matmul(h, w.astype(h.dtype).T).astype(jnp.float32)
   if not softcap:
     return raw * scale, None
   t = jnp.tanh(raw / softcap)

@@ -17,7 +17,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.infra.errors import UserError
-from rlaif_jax.models import lora
+from rlaif_jax.models import dots, lora
 from rlaif_jax.models.config import ModelConfig, to_dtype
 
 
@@ -93,18 +93,19 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
 def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
   """x [..., E] @ w [E, F], with the weight gradient written as a contraction over the tokens of
   x and dy as they are laid out (autodiff's transposed form made XLA on CPU copy the wide output
-  gradient into a transposed layout first, a slow strided write per projection)."""
-  return x @ w
+  gradient into a transposed layout first, a slow strided write per projection). Each product goes
+  through `dots` (bfloat16 through the CPU's bfloat16 kernels where it has them)."""
+  return dots.matmul(x, w)
 
 
 def _matmul_fwd(x, w):
-  return x @ w, (x, w)
+  return dots.matmul(x, w), (x, w)
 
 
 def _matmul_bwd(res, dy):
   x, w = res
-  dw = jnp.einsum('me,mf->ef', x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]))
-  return dy @ w.T, dw
+  dw = dots.einsum('me,mf->ef', x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]))
+  return dots.matmul(dy, w.T), dw
 
 
 matmul.defvjp(_matmul_fwd, _matmul_bwd)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import dots
 from rlaif_jax.models.config import REMAT_POLICIES, ModelConfig, to_dtype
 from rlaif_jax.models.layers import MLP, Attention, RMSNorm, param, rope_frequencies, soft_cap
 
@@ -205,7 +206,7 @@ class Transformer(nnx.Module):
     logits = None
     if cfg.lm_head:
       w = self.embed[...].T if cfg.tie_word_embeddings else self.lm_head[...]
-      logits = soft_cap(jnp.einsum('bte,ev->btv', h, w.astype(dt)).astype(jnp.float32),
+      logits = soft_cap(dots.einsum('bte,ev->btv', h, w.astype(dt)).astype(jnp.float32),
                         cfg.final_softcap)
       logits = shd.constrain(logits, ('batch', 'length', 'act_vocab'), rules)
     values = None
