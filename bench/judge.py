@@ -2,7 +2,9 @@
 
 rlaif_jax's batched, jitted judge (one prefill of all requests, log-probs of "1" and "2") beside a
 plain loop doing the same scoring with transformers' PyTorch model, request by request, on the same
-weights and the same token ids, in the same run. Also prints the largest label difference.
+weights and the same token ids, in the same run. Two rows of ours: the requests' shared beginning
+(chat template and preamble) prefilled once per batch (the default, `JudgeConfig.share_prefix`), and
+every request prefilled whole (before it). Also prints the largest label differences.
   python -m bench.judge [--pairs 32] [--batch 16]
 """
 
@@ -43,21 +45,25 @@ def main():
   torch.set_num_threads(os.cpu_count())
   model, tok = loading.load_model('smollm2')
   mesh = shd.make_mesh({'data': 1}, jax.devices()[:1])
-  j = judge_lib.Judge(model, tok, mesh, judge_requests.JudgeConfig(task='harmless'))
+  judges = {share: judge_lib.Judge(model, tok, mesh, judge_requests.JudgeConfig(
+      task='harmless', share_prefix=share)) for share in (True, False)}
+  j = judges[True]
   ctx = [f'Human: {QUESTIONS[i % len(QUESTIONS)]}' for i in range(args.pairs)]
   a = [ANSWERS[i % len(ANSWERS)][0] for i in range(args.pairs)]
   b = [ANSWERS[i % len(ANSWERS)][1] for i in range(args.pairs)]
 
-  def ours():
+  def ours(judge):
     out = []
     for i in range(0, args.pairs, args.batch):
-      out.append(j.pairwise(ctx[i:i + args.batch], a[i:i + args.batch], b[i:i + args.batch]).p_a_better)
+      out.append(judge.pairwise(ctx[i:i + args.batch], a[i:i + args.batch], b[i:i + args.batch]).p_a_better)
     return np.concatenate(out)
 
-  ours()  # compile
-  t = time.perf_counter()
-  p_ours = ours()
-  t_ours = time.perf_counter() - t
+  t_ours, p_ours = {}, {}
+  for share, judge in judges.items():
+    ours(judge)  # compile
+    t = time.perf_counter()
+    p_ours[share] = ours(judge)
+    t_ours[share] = time.perf_counter() - t
 
   folder = tempfile.mkdtemp()
   hf_checkpoint.export_folder(nnx.state(model), model.cfg, folder, tok)
@@ -83,11 +89,17 @@ def main():
   print(f'\nJudge labeling, SmolLM2-135M-Instruct, {args.pairs} pairs x 2 orders, float32, '
         f'{machine.describe()}')
   print(machine.matmul_rates())
-  print(f'{"implementation":<44}{"pairs/s":>9}{"ratio":>8}')
-  print(f'{"rlaif_jax Judge.pairwise (batch " + str(args.batch) + ", jitted)":<44}'
-        f'{args.pairs / t_ours:>9.2f}{t_theirs / t_ours:>7.2f}x')
-  print(f'{"transformers PyTorch, plain loop":<44}{args.pairs / t_theirs:>9.2f}{1:>7.2f}x')
-  print(f'max |p difference| between the two: {np.abs(p_ours - p_theirs).max():.2e}')
+  reqs = [j.encode(judge_requests.pairwise_request(j.cfg, c, x, y), j.cfg.answer_prefix)
+          for c, x, y in zip(ctx[:args.batch], a, b) for x, y in ((x, y), (y, x))]
+  print(f'requests of {min(map(len, reqs))}-{max(map(len, reqs))} tokens; shared beginning prefilled '
+        f'once per batch: {j.shared_prefix(reqs)} tokens')
+  print(f'{"implementation":<66}{"pairs/s":>9}{"ratio":>8}')
+  for share, label in ((True, 'shared prefix once'), (False, 'whole requests')):
+    print(f'{f"rlaif_jax Judge.pairwise (batch {args.batch}, jitted, {label})":<66}'
+          f'{args.pairs / t_ours[share]:>9.2f}{t_theirs / t_ours[share]:>7.2f}x')
+  print(f'{"transformers PyTorch, plain loop":<66}{args.pairs / t_theirs:>9.2f}{1:>7.2f}x')
+  print(f'max |p difference|, PyTorch vs shared prefix / whole requests: '
+        f'{np.abs(p_ours[True] - p_theirs).max():.2e} / {np.abs(p_ours[False] - p_theirs).max():.2e}')
 
 
 if __name__ == '__main__':

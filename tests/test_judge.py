@@ -1,5 +1,6 @@
 """The AI judge: parity of the soft label with PyTorch, debiasing, d-RLAIF, bad input, alignment."""
 
+import dataclasses
 import json
 
 import jax
@@ -108,6 +109,59 @@ def test_option_log_probs_equal_teacher_forcing(arch):
       logp = jax.nn.log_softmax(model_lib.forward(model, seq, jnp.ones(seq.shape, bool)).logits[0])
       expected = sum(float(logp[len(p) - 1 + k, t]) for k, t in enumerate(o))
       assert abs(got[b, j] - expected) < 1e-4, (b, j)
+
+
+@pytest.mark.parametrize('arch', [{}, dict(scan_layers=True)])
+def test_a_shared_prefix_prefilled_once_scores_as_whole_prompts(arch):
+  """Prompts that continue one prefix (left-padded, prefilled once for the batch) score every option
+  as the whole prompts do, on one device and with the batch split over a data=2 mesh."""
+  cfg = model_lib.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
+                              num_heads=4, num_kv_heads=2, head_dim=8, **arch)
+  prefix, rests = [1, 2, 3, 4, 5, 6, 7], [[8, 9, 10], [11], [12, 13, 14, 15], [16, 17]]
+  whole, whole_valid = text_lib.left_pad([prefix + r for r in rests], 12, 0)
+  pre, pre_valid = text_lib.left_pad([prefix], 8, 0)  # one padding slot before the prefix
+  rest, rest_valid = text_lib.left_pad(rests, 5, 0)
+  for options in ([[3], [40]], [[3], [4, 5], [6, 7, 8]]):
+    opt = np.zeros((len(options), max(map(len, options))), np.int32)
+    opt_valid = np.zeros(opt.shape, bool)
+    for i, o in enumerate(options):
+      opt[i, :len(o)], opt_valid[i, :len(o)] = o, True
+    for mesh in (one_device(), shd.make_mesh({'data': 2}, jax.devices()[:2])):
+      model = loading.random_model(cfg, seed=3, mesh=mesh)
+      expected = np.asarray(option_scoring.jit_option_log_probs(model, mesh)(
+          nnx.state(model), whole, whole_valid, opt, opt_valid))
+      got = np.asarray(option_scoring.jit_option_log_probs(model, mesh, shared_prefix=True)(
+          nnx.state(model), pre, pre_valid, rest, rest_valid, opt, opt_valid))
+      np.testing.assert_allclose(got, expected, atol=2e-5)
+      assert np.abs(expected).min() > 0.1  # real log-probs, not zeros
+
+
+def test_the_judge_shares_a_prefix_only_where_it_fills_fewer_slots(smol_judge):
+  rows = [[1] * 70 + [2, 3], [1] * 70 + [4], [1] * 70 + [5]]  # 128 + 3 x 64 slots against 3 x 128
+  assert smol_judge.shared_prefix(rows) == 70
+  assert smol_judge.shared_prefix(rows[:2]) == 0  # 128 + 2 x 64 = 2 x 128: no fewer
+  assert smol_judge.shared_prefix([[1] * 70 + [2, 3]]) == 0  # one request: nothing to share
+  assert smol_judge.shared_prefix([[1] * 10 + [2]] * 3) == 0  # 64 + 3 x 64 > 3 x 64
+  assert smol_judge.shared_prefix([[1] * 70] * 3) == 69  # each keeps a token to score from
+  off = dataclasses.replace(smol_judge.cfg, share_prefix=False)
+  assert judge_lib.Judge(smol_judge.model, smol_judge.tokenizer, one_device(), off).shared_prefix(rows) == 0
+
+
+def test_shared_prefix_labels_equal_whole_prompt_labels(smol_judge, smollm2):
+  """SmolLM2's labels and 1-10 rewards for a batch of requests: the same with the template's
+  shared beginning prefilled once as with every request prefilled whole."""
+  model, tok = smollm2
+  whole = judge_lib.Judge(model, tok, one_device(),
+                          judge_requests.JudgeConfig(task='harmless', share_prefix=False))
+  contexts, a, b = [CONTEXT, 'Human: Tell me a joke.'], [SAFE, 'Why did the chicken cross?'], [UNSAFE, '']
+  reqs = [smol_judge.encode(judge_requests.pairwise_request(smol_judge.cfg, c, x, y),
+                            smol_judge.cfg.answer_prefix) for c, x, y in zip(contexts, a, b)]
+  assert smol_judge.shared_prefix(reqs + reqs) > 50  # the chat template and the preamble
+  shared, plain = smol_judge.pairwise(contexts, a, b), whole.pairwise(contexts, a, b)
+  np.testing.assert_allclose(shared.p_ab, plain.p_ab, atol=2e-5)
+  np.testing.assert_allclose(shared.p_ba, plain.p_ba, atol=2e-5)
+  np.testing.assert_allclose(smol_judge.direct_reward(contexts, a)[0], whole.direct_reward(contexts, a)[0],
+                             atol=2e-5)
 
 
 def test_direct_reward_is_in_range_reads_the_response_and_skips_non_text(smollm2):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-
+import os
 from typing import Any, Sequence
 
 import jax
@@ -46,6 +46,7 @@ class Judge:
     self.score_options = [tokenizer.encode(str(i), add_special_tokens=False) + eos for i in range(1, 11)]
     self.batch_multiple = shd.batch_shards(mesh, model.cfg.logical_axis_rules)
     self._option_log_probs = option_scoring.jit_option_log_probs(model, mesh)
+    self._after_prefix = option_scoring.jit_option_log_probs(model, mesh, shared_prefix=True)
     self.truncated = 0
 
   def for_task(self, task: str) -> 'Judge':
@@ -80,17 +81,39 @@ class Judge:
     return tok.encode(request + '\n' + answer_prefix, add_special_tokens=False)
 
   def answer_log_probs(self, requests: Sequence[list[int]], options: Sequence[list[int]]) -> np.ndarray:
-    """[N, O] log-probs of each answer option after each encoded request (batched, bucketed, jitted)."""
-    length = text_lib.bucket_length(max(len(r) for r in requests), self.cfg.prompt_buckets)
-    tokens, valid = text_lib.left_pad(shd.fill_batch(list(requests), self.batch_multiple), length,
-                                      self.pad_id)
+    """[N, O] log-probs of each answer option after each encoded request (batched, bucketed, jitted).
+
+    The requests' common beginning (chat template, preamble, exemplars) is prefilled once for the
+    batch when that fills fewer token slots than prefilling it in every row (`shared_prefix`)."""
+    rows = shd.fill_batch(list(requests), self.batch_multiple)
     width = max(len(o) for o in options)
     opt = np.full((len(options), width), self.pad_id, np.int32)
     opt_valid = np.zeros((len(options), width), bool)
     for i, o in enumerate(options):
       opt[i, :len(o)], opt_valid[i, :len(o)] = o, True
-    out = self._option_log_probs(self.state, tokens, valid, opt, opt_valid)
+    shared = self.shared_prefix(rows)
+    length = text_lib.bucket_length(max(len(r) for r in rows) - shared, self.cfg.prompt_buckets)
+    tokens, valid = text_lib.left_pad([r[shared:] for r in rows], length, self.pad_id)
+    if shared:
+      prefix, prefix_valid = text_lib.left_pad(
+          [rows[0][:shared]], text_lib.bucket_length(shared, self.cfg.prompt_buckets), self.pad_id)
+      out = self._after_prefix(self.state, prefix, prefix_valid, tokens, valid, opt, opt_valid)
+    else:
+      out = self._option_log_probs(self.state, tokens, valid, opt, opt_valid)
     return distributed.to_host(out)[:len(requests)]
+
+  def shared_prefix(self, rows: Sequence[list[int]]) -> int:
+    """How many leading tokens of the encoded requests to prefill once for all of them: their
+    common prefix (less one token, so every request keeps one to score from), when that fills fewer
+    token slots, padding counted; 0 to prefill every request whole."""
+    if not self.cfg.share_prefix or len(rows) < 2 or 'sliding' in self.model.cfg.layer_types:
+      return 0  # sliding windows count cache slots: padding between prefix and request would shift them
+    n = min(len(os.path.commonprefix([list(r) for r in rows])), min(len(r) for r in rows) - 1)
+    buckets, longest = self.cfg.prompt_buckets, max(len(r) for r in rows)
+    whole = len(rows) * text_lib.bucket_length(longest, buckets)
+    split = (text_lib.bucket_length(n, buckets) + len(rows) * text_lib.bucket_length(longest - n, buckets)
+             if n > 0 else whole)
+    return n if split < whole else 0
 
   def pairwise(self, contexts: Sequence[Any], responses_a: Sequence[Any], responses_b: Sequence[Any],
                principles: Sequence[str | None] | None = None,

@@ -16,7 +16,8 @@ from rlaif_jax.models import transformer as model_lib
 
 
 def option_log_probs(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Array,
-                     options: jax.Array, options_valid: jax.Array) -> jax.Array:
+                     options: jax.Array, options_valid: jax.Array, prefix: jax.Array | None = None,
+                     prefix_valid: jax.Array | None = None) -> jax.Array:
   """log P(option | prompt) for every prompt and option: prompt [B, P] left-padded, options [O, L]
   right-padded token ids (options_valid marks real tokens) -> [B, O] float32.
 
@@ -24,7 +25,14 @@ def option_log_probs(model: model_lib.Transformer, prompt: jax.Array, prompt_val
   as one [O * L] chunk after it, each option attending to the prompt and to its own earlier tokens
   only (a block-diagonal mask) and counted from the prompt's end. The cache holds P + O * L slots
   per prompt rather than O copies of P + L (d-RLAIF's ten answers after a long prompt: a tenth).
+
+  prefix [1, S] (left-padded, prefix_valid marks real tokens): a beginning that every prompt shares
+  and that `prompt` then continues (the judge's system prompt, preamble and exemplars). It is
+  prefilled once for the whole batch (`shared_prefix_cache`) instead of once per prompt.
   """
+  if prefix is not None:
+    return _after_shared_prefix(model, prefix, prefix_valid, prompt, prompt_valid, options,
+                                options_valid)
   b, p = prompt.shape
   o, l = options.shape
   cfg = model.cfg
@@ -47,20 +55,80 @@ def option_log_probs(model: model_lib.Transformer, prompt: jax.Array, prompt_val
                           jnp.broadcast_to(own[None], (b, n, n))], axis=2)  # [B, N, P + N]
   step = model(step_in, positions[:, -1:] + 1 + within[None], keys, out.cache,
                query_slots=p + within)
-  logp = jax.nn.log_softmax(step.logits.reshape(b, o, l, -1)[:, :, :-1].astype(jnp.float32), axis=-1)
-  rest = jnp.take_along_axis(logp, jnp.broadcast_to(options[None, :, 1:, None], (b, o, l - 1, 1)),
+  return total + _rest_of_options(step.logits, options, options_valid)
+
+
+def _rest_of_options(logits: jax.Array, options: jax.Array, options_valid: jax.Array) -> jax.Array:
+  """Summed log-probs [B, O] of each option's tokens after its first, from the logits [B, O * L, V]
+  of the packed options (option o's token i at o * L + i predicts its token i + 1)."""
+  o, l = options.shape
+  logp = jax.nn.log_softmax(logits.reshape(logits.shape[0], o, l, -1)[:, :, :-1].astype(jnp.float32),
+                            axis=-1)
+  rest = jnp.take_along_axis(logp, jnp.broadcast_to(options[None, :, 1:, None], logp.shape[:3] + (1,)),
                              axis=-1)[..., 0] * options_valid[None, :, 1:]
-  return total + rest.sum(axis=2)
+  return rest.sum(axis=2)
 
 
-def jit_option_log_probs(model: model_lib.Transformer, mesh: jax.sharding.Mesh):
+def shared_prefix_cache(model: model_lib.Transformer, prefix: jax.Array, prefix_valid: jax.Array,
+                        batch: int, length: int) -> model_lib.KVCache:
+  """The KV cache of a prefix [1, S] every row shares: prefilled once (batch 1), then the same slots
+  for each of `batch` rows, in a cache of `length` >= S slots whose next write is at slot S."""
+  s = prefix.shape[1]
+  mask = jnp.concatenate([model_lib.causal_mask(prefix_valid),
+                          jnp.zeros((1, s, length - s), bool)], axis=2)
+  cache = model_lib.KVCache.zeros(model.cfg, 1, length)
+  cache = model(prefix, model_lib.positions_from_mask(prefix_valid), mask, cache, last_only=True,
+                prefill=True).cache
+  rows = lambda a: jnp.broadcast_to(a, a.shape[:-4] + (batch,) + a.shape[-3:])
+  return cache._replace(k=jax.tree.map(rows, cache.k), v=jax.tree.map(rows, cache.v))
+
+
+def _after_shared_prefix(model, prefix, prefix_valid, prompt, prompt_valid, options, options_valid):
+  """`option_log_probs` for prompts that continue a shared prefix: the cache holds the prefix
+  (S slots), then the prompts (P, left-padded), then the packed options (O * L when L > 1).
+  Positions count the prefix's real tokens first. Not for sliding-window layers: their window
+  counts cache slots, and the prompts' padding would sit between the prefix and the prompt."""
+  (b, p), (o, l), s = prompt.shape, options.shape, prefix.shape[1]
+  n = o * l if l > 1 else 0
+  cache = shared_prefix_cache(model, prefix, prefix_valid, b, s + p + n)
+  positions = jnp.sum(prefix_valid, dtype=jnp.int32) + model_lib.positions_from_mask(prompt_valid)
+  before = jnp.broadcast_to(prefix_valid[:, None, :], (b, p, s))
+  mask = jnp.concatenate([before, model_lib.causal_mask(prompt_valid), jnp.zeros((b, p, n), bool)],
+                         axis=2)
+  out = model(prompt, positions, mask, cache, last_only=True)
+  first = jax.nn.log_softmax(out.logits[:, -1].astype(jnp.float32), axis=-1)  # [B, V]
+  total = first[:, options[:, 0]]  # [B, O]
+  if l == 1:
+    return total
+  within = jnp.tile(jnp.arange(l, dtype=jnp.int32), o)
+  option_of = jnp.repeat(jnp.arange(o), l)
+  own = (option_of[:, None] == option_of[None, :]) & (within[:, None] >= within[None, :])
+  own = own & options_valid.reshape(1, n)
+  keys = jnp.concatenate([jnp.broadcast_to(prefix_valid[:, None, :], (b, n, s)),
+                          jnp.broadcast_to(prompt_valid[:, None, :], (b, n, p)),
+                          jnp.broadcast_to(own[None], (b, n, n))], axis=2)
+  step_in = jnp.broadcast_to(options.reshape(1, n), (b, n))
+  step = model(step_in, positions[:, -1:] + 1 + within[None], keys, out.cache,
+               query_slots=s + p + within)
+  return total + _rest_of_options(step.logits, options, options_valid)
+
+
+def jit_option_log_probs(model: model_lib.Transformer, mesh: jax.sharding.Mesh,
+                         shared_prefix: bool = False):
   """`fn(state, prompt, valid, options, options_valid) -> [B, O]` (`option_log_probs`), jitted with
-  the state sharded by the rules and the prompts over the batch axes, run with the mesh set."""
+  the state sharded by the rules and the prompts over the batch axes, run with the mesh set. With
+  `shared_prefix`: `fn(state, prefix, prefix_valid, prompt, ...)`, the prefix [1, S] replicated."""
   graphdef = nnx.graphdef(model)
   state_sh, batch, repl = shd.model_shardings(model, mesh)
 
   def fn(state, prompt, valid, options, options_valid):
     return option_log_probs(nnx.merge(graphdef, state), prompt, valid, options, options_valid)
 
+  def after_prefix(state, prefix, prefix_valid, prompt, valid, options, options_valid):
+    return option_log_probs(nnx.merge(graphdef, state), prompt, valid, options, options_valid,
+                            prefix, prefix_valid)
+
   shardings = (state_sh, batch, batch, repl, repl)
+  if shared_prefix:
+    fn, shardings = after_prefix, (state_sh, repl, repl) + shardings[1:]
   return shd.on_mesh(jax.jit(fn, in_shardings=shardings, out_shardings=batch), mesh, shardings)

@@ -80,6 +80,8 @@ class JudgeConfig:
   max_context_tokens: int = 512  # longer contexts keep their last tokens (counted in `truncated`)
   # prompts are left-padded to the next bucket; finer buckets waste less padding, compile more often
   prompt_buckets: tuple[int, ...] = tuple(range(64, 1025, 64)) + (1536, 2048)
+  # prefill the requests' common beginning once per batch (fewer token slots; see Judge.shared_prefix)
+  share_prefix: bool = True
 
   def __post_init__(self):
     if (self.task, self.preamble) not in PREAMBLES:
