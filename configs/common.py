@@ -87,6 +87,7 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.judge.chat_template = True
   c.judge.max_response_tokens = 256
   c.judge.max_context_tokens = 512
+  c.judge.share_prefix = True  # prefill the requests' common beginning once per batch (fewer token slots)
   c.judge.constitution = ''  # a principles file (one per line), e.g. configs/constitutions/harmless.txt
   c.judge.param_dtype = ''  # how the (frozen) judge is stored; '' = model.frozen_param_dtype
   c.judge.dtype = ''  # the judge's compute dtype; '' = model.dtype

@@ -177,11 +177,15 @@ class Attention(nnx.Module):
     dt = to_dtype(self.cfg.dtype)
     b, t, h, d = q.shape
     kvh = k.shape[1]
-    qg = q.reshape(b, t, kvh, h // kvh, d)
-    scores = self._scores(jnp.einsum('btkgd,bksd->bkgts', qg, k.astype(dt)), mask)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    out = jnp.einsum('bkgts,bksd->btkgd', probs, v.astype(dt)).reshape(b, t, h, d)
-    return self.output(out)
+    g = h // kvh
+    # The G query heads of a key/value head as G x T rows of one matmul per (batch, kv head):
+    # scores and probabilities stay [B, K, G*T, S] in the layout both matmuls read (grouping the
+    # heads as a batch axis made XLA transpose the [B, K, G, T, S] probabilities before p.v).
+    rows = q.reshape(b, t, kvh, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, d)
+    scores = jnp.einsum('bkqd,bksd->bkqs', rows, k.astype(dt)).reshape(b, kvh, g, t, -1)
+    probs = jax.nn.softmax(self._scores(scores, mask), axis=-1).astype(dt)
+    out = jnp.einsum('bkqs,bksd->bkqd', probs.reshape(b, kvh, g * t, -1), v.astype(dt))
+    return self.output(out.reshape(b, kvh, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d))
 
   def attend_cache(self, q, k_cache, v_cache, mask):
     """Decode: q [B, T, H, D] (T small) over k_cache [B, K, D, S] and v_cache [B, K, S, D]."""

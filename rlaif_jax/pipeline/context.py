@@ -139,7 +139,7 @@ class RunContext:
     model, tokenizer = self.load(j.source, frozen=True, param_dtype=j.param_dtype, dtype=j.dtype)
     cfg = JudgeConfig(task=task or j.task, preamble=j.preamble, debias=j.debias,
                       chat_template=j.chat_template, max_response_tokens=j.max_response_tokens,
-                      max_context_tokens=j.max_context_tokens)
+                      max_context_tokens=j.max_context_tokens, share_prefix=j.share_prefix)
     return Judge(model, tokenizer, self.mesh, cfg, name=j.source or self.config.model.source)
 
   def constitution(self) -> list[str] | None:
