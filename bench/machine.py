@@ -56,3 +56,48 @@ def matmul_rates(shapes=MATMUL_SHAPES, repeats: int = 20) -> str:
     theirs = rate(lambda: ta @ tb, m, k, n)
     parts.append(f'{m}x{k}x{n} {ours:.0f} / {theirs:.0f}')
   return 'float32 matmul GFLOP/s, XLA / PyTorch: ' + ', '.join(parts)
+
+
+def decode_floor(batch: int = 16, layers: int = 30, hidden: int = 576, mlp: int = 1536,
+                 qkv: int = 960, repeats: int = 5) -> str:
+  """'decode matmuls alone, cold weights, ...': the trunk matmuls of one decode step (SmolLM2's
+  shapes, `layers` layers with weights of their own, so each is read from memory once per step, as
+  in a real step), timed in both libraries (best of `repeats`): the floor of a decode step's time on
+  this host, which the hot-cache matmul rate above (one weight reused) overstates."""
+  import time
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  torch.set_num_threads(os.cpu_count())
+  rng = np.random.default_rng(0)
+  shapes = ((hidden, qkv), (hidden, hidden), (hidden, mlp), (hidden, mlp), (mlp, hidden))
+  weights = [[(rng.standard_normal(s, np.float32) * 0.02) for s in shapes] for _ in range(layers)]
+  flops = 2 * batch * sum(w.size for layer in weights for w in layer)
+
+  def step(x, ws, mm, silu):
+    for wqkv, wo, wg, wu, wd in ws:
+      x = x + mm(mm(x, wqkv)[:, :hidden], wo)
+      x = x + mm(silu(mm(x, wg)) * mm(x, wu), wd)
+    return x
+
+  ours = jax.jit(lambda x, ws: step(x, ws, jnp.matmul, jax.nn.silu))
+  jx, jws = jnp.full((batch, hidden), 0.1), jax.tree.map(jnp.asarray, weights)
+  tx, tws = torch.full((batch, hidden), 0.1), [[torch.from_numpy(w) for w in layer] for layer in weights]
+
+  def best(fn):
+    fn()
+    times = []
+    for _ in range(repeats):
+      t = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - t)
+    return min(times)
+
+  t_ours = best(lambda: ours(jx, jws).block_until_ready())
+  with torch.inference_mode():
+    t_theirs = best(lambda: step(tx, tws, torch.matmul, torch.nn.functional.silu))
+  return (f'decode matmuls alone ({layers} layers x 5 matmuls, {batch} rows, cold weights), XLA / '
+          f'PyTorch: {t_ours * 1e3:.1f} / {t_theirs * 1e3:.1f} ms a step ({flops / t_ours / 1e9:.0f} / '
+          f'{flops / t_theirs / 1e9:.0f} GFLOP/s)')

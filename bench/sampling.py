@@ -96,6 +96,8 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument('--shapes', default='16x128x128,64x128x64', help='batch x prompt x new, comma-separated')
   ap.add_argument('--repeats', type=int, default=4)
+  ap.add_argument('--bfloat16', action='store_true',
+                  help='extra rows: both sides with bfloat16 weights and compute (float32 rows kept)')
   args = ap.parse_args()
   import torch
   from transformers import LlamaForCausalLM
@@ -157,6 +159,7 @@ def main():
   print(f'\nSampling, SmolLM2-135M-Instruct, greedy, float32, {machine.describe()}, '
         f'jax {jax.__version__}, torch {torch.__version__}')
   print(machine.matmul_rates())
+  print(machine.decode_floor(batch=int(args.shapes.split('x')[0])))
   print(f'machine: memory bandwidth {bandwidth / 1e9:.1f} GB/s; float32 matmul {flops_big / 1e9:.0f} '
         f'GFLOP/s (1024^3), {flops_decode / 1e9:.0f} GFLOP/s (decode shape 16x576x1536)')
   print(f'{"B x prompt x new":<18}{"rlaif_jax tok/s":>16}{"HF generate tok/s":>19}{"ratio":>8}'
@@ -170,10 +173,47 @@ def main():
   print(f'rlaif_jax: one XLA CPU device; "data={jax.device_count()}": the same sampler sharded over '
         f'{jax.device_count()} CPU devices (one per core), batch split data-parallel; "scanned": '
         f'model.scan_layers (one lax.scan over stacked layers, same tokens), one device.')
+  if args.bfloat16:
+    bfloat16_rows(args, model, tok, ref)
   print('roofline tok/s of the whole call (prefill at the 1024^3 rate, then the decode steps) = '
         'min(compute-bound, memory-bound): ' + '; '.join(f'{r[0]}: {r[5]:.0f} / {r[6]:.0f}' for r in rows))
   print('decode steps alone (no prefill; the column before issue 20, not a bound for a prefilling '
         'call): ' + '; '.join(f'{r[0]}: {r[9]:.0f} tok/s, {r[1] / r[9]:.0%} reached' for r in rows))
+
+
+def bfloat16_rows(args, model, tok, ref):
+  """Both sides in bfloat16 (weights and compute), same shapes, interleaved, greedy: new tokens/s.
+  Greedy tokens may differ from the float32 run's and between the two sides (bfloat16 rounding); both
+  still produce exactly `new` tokens per row."""
+  import torch
+  from rlaif_jax.models import dots
+  one = shd.make_mesh({'data': 1}, jax.devices()[:1])
+  bf16 = loading.place(model.cfg.replace(dtype='bfloat16', param_dtype='bfloat16'),
+                       hf_checkpoint.host_arrays(nnx.state(model)), one)
+  state = nnx.state(bf16)
+  ref = ref.to(torch.bfloat16)
+  rng = np.random.default_rng(0)
+  print(f'\nbfloat16 weights and compute on both sides (bfloat16 dots through the CPU\'s bfloat16 '
+        f'kernels: {dots.wide_accumulation(jnp.bfloat16)}):')
+  print(f'{"B x prompt x new":<18}{"rlaif_jax tok/s":>16}{"HF generate tok/s":>19}{"ratio":>8}')
+  for shape in args.shapes.split(','):
+    b, p, n = (int(x) for x in shape.split('x'))
+    prompt = rng.integers(3, model.cfg.vocab_size, (b, p)).astype(np.int32)
+    valid = np.ones_like(prompt, bool)
+    run = sampler.make_sampler(bf16, one, sampler.SamplingConfig(n, temperature=0.0))
+    key, tp = jax.random.key(0), torch.tensor(prompt, dtype=torch.long)
+    ours_fn = lambda: run(state, prompt, valid, key).tokens.block_until_ready()
+
+    def hf():
+      with torch.inference_mode():
+        ref.generate(tp, attention_mask=torch.ones_like(tp), do_sample=False, max_new_tokens=n,
+                     min_new_tokens=n, pad_token_id=tok.pad_token_id, use_cache=True)
+
+    ours_fn(), hf()
+    ours = theirs = float('inf')
+    for _ in range(args.repeats):
+      ours, theirs = min(ours, timed(ours_fn)), min(theirs, timed(hf))
+    print(f'{shape:<18}{b * n / ours:>16.0f}{b * n / theirs:>19.0f}{theirs / ours:>7.2f}x')
 
 
 if __name__ == '__main__':
