@@ -22,6 +22,18 @@ def describe() -> str:
   return f'CPU {cpu_model()}, {os.cpu_count()} cores'
 
 
+def timings(fn, repeats: int) -> list[float]:
+  """Seconds of `repeats` calls of fn, after one warm-up call (compilation for JAX)."""
+  import time
+  fn()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return times
+
+
 MATMUL_SHAPES = ((2048, 576, 1536), (16, 576, 1536))  # SmolLM2's MLP: a training batch, a decode step
 
 
@@ -29,7 +41,6 @@ def matmul_rates(shapes=MATMUL_SHAPES, repeats: int = 20) -> str:
   """'float32 matmul GFLOP/s, XLA / PyTorch: MxKxN a / b, ...', measured now on all cores (median
   of `repeats`): the two libraries' own ceiling on this host, for reading a bench's ratio."""
   import statistics
-  import time
 
   import jax
   import jax.numpy as jnp
@@ -39,13 +50,7 @@ def matmul_rates(shapes=MATMUL_SHAPES, repeats: int = 20) -> str:
   matmul = jax.jit(lambda a, b: a @ b)
 
   def rate(fn, m, k, n):
-    fn()
-    times = []
-    for _ in range(repeats):
-      t = time.perf_counter()
-      fn()
-      times.append(time.perf_counter() - t)
-    return 2 * m * k * n / statistics.median(times) / 1e9
+    return 2 * m * k * n / statistics.median(timings(fn, repeats)) / 1e9
 
   parts = []
   for m, k, n in shapes:
@@ -64,7 +69,6 @@ def decode_floor(batch: int = 16, layers: int = 30, hidden: int = 576, mlp: int 
   shapes, `layers` layers with weights of their own, so each is read from memory once per step, as
   in a real step), timed in both libraries (best of `repeats`): the floor of a decode step's time on
   this host, which the hot-cache matmul rate above (one weight reused) overstates."""
-  import time
 
   import jax
   import jax.numpy as jnp
@@ -86,18 +90,9 @@ def decode_floor(batch: int = 16, layers: int = 30, hidden: int = 576, mlp: int 
   jx, jws = jnp.full((batch, hidden), 0.1), jax.tree.map(jnp.asarray, weights)
   tx, tws = torch.full((batch, hidden), 0.1), [[torch.from_numpy(w) for w in layer] for layer in weights]
 
-  def best(fn):
-    fn()
-    times = []
-    for _ in range(repeats):
-      t = time.perf_counter()
-      fn()
-      times.append(time.perf_counter() - t)
-    return min(times)
-
-  t_ours = best(lambda: ours(jx, jws).block_until_ready())
+  t_ours = min(timings(lambda: ours(jx, jws).block_until_ready(), repeats))
   with torch.inference_mode():
-    t_theirs = best(lambda: step(tx, tws, torch.matmul, torch.nn.functional.silu))
+    t_theirs = min(timings(lambda: step(tx, tws, torch.matmul, torch.nn.functional.silu), repeats))
   return (f'decode matmuls alone ({layers} layers x 5 matmuls, {batch} rows, cold weights), XLA / '
           f'PyTorch: {t_ours * 1e3:.1f} / {t_theirs * 1e3:.1f} ms a step ({flops / t_ours / 1e9:.0f} / '
           f'{flops / t_theirs / 1e9:.0f} GFLOP/s)')

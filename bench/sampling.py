@@ -35,13 +35,7 @@ def timed(fn):
 
 
 def best_of(fn, repeats):
-  fn()  # warm-up / compile
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return min(times)
+  return min(machine.timings(fn, repeats))  # after a warm-up / compile call
 
 
 def machine_rates():

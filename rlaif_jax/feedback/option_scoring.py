@@ -121,14 +121,13 @@ def jit_option_log_probs(model: model_lib.Transformer, mesh: jax.sharding.Mesh,
   graphdef = nnx.graphdef(model)
   state_sh, batch, repl = shd.model_shardings(model, mesh)
 
-  def fn(state, prompt, valid, options, options_valid):
+  def whole(state, prompt, valid, options, options_valid):
     return option_log_probs(nnx.merge(graphdef, state), prompt, valid, options, options_valid)
 
   def after_prefix(state, prefix, prefix_valid, prompt, valid, options, options_valid):
     return option_log_probs(nnx.merge(graphdef, state), prompt, valid, options, options_valid,
                             prefix, prefix_valid)
 
-  shardings = (state_sh, batch, batch, repl, repl)
-  if shared_prefix:
-    fn, shardings = after_prefix, (state_sh, repl, repl) + shardings[1:]
+  shardings = (state_sh,) + ((repl, repl) if shared_prefix else ()) + (batch, batch, repl, repl)
+  fn = after_prefix if shared_prefix else whole
   return shd.on_mesh(jax.jit(fn, in_shardings=shardings, out_shardings=batch), mesh, shardings)
