@@ -113,8 +113,9 @@ def test_option_log_probs_equal_teacher_forcing(arch):
 
 @pytest.mark.parametrize('arch', [{}, dict(scan_layers=True)])
 def test_a_shared_prefix_prefilled_once_scores_as_whole_prompts(arch):
-  """Prompts that continue one prefix (left-padded, prefilled once for the batch) score every option
-  as the whole prompts do, on one device and with the batch split over a data=2 mesh."""
+  """Prompts that continue one prefix (left-padded, prefilled once for the batch, or once per
+  batch shard) score every option as the whole prompts do, on one device and with the batch split
+  over a data=2 mesh."""
   cfg = model_lib.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
                               num_heads=4, num_kv_heads=2, head_dim=8, **arch)
   prefix, rests = [1, 2, 3, 4, 5, 6, 7], [[8, 9, 10], [11], [12, 13, 14, 15], [16, 17]]
@@ -126,12 +127,14 @@ def test_a_shared_prefix_prefilled_once_scores_as_whole_prompts(arch):
     opt_valid = np.zeros(opt.shape, bool)
     for i, o in enumerate(options):
       opt[i, :len(o)], opt_valid[i, :len(o)] = o, True
-    for mesh in (one_device(), shd.make_mesh({'data': 2}, jax.devices()[:2])):
+    for mesh, copies in ((one_device(), 1), (one_device(), 2),
+                         (shd.make_mesh({'data': 2}, jax.devices()[:2]), 2)):
       model = loading.random_model(cfg, seed=3, mesh=mesh)
       expected = np.asarray(option_scoring.jit_option_log_probs(model, mesh)(
           nnx.state(model), whole, whole_valid, opt, opt_valid))
       got = np.asarray(option_scoring.jit_option_log_probs(model, mesh, shared_prefix=True)(
-          nnx.state(model), pre, pre_valid, rest, rest_valid, opt, opt_valid))
+          nnx.state(model), pre.repeat(copies, 0), pre_valid.repeat(copies, 0), rest, rest_valid,
+          opt, opt_valid))
       np.testing.assert_allclose(got, expected, atol=2e-5)
       assert np.abs(expected).min() > 0.1  # real log-probs, not zeros
 

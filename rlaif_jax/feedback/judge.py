@@ -84,7 +84,8 @@ class Judge:
     """[N, O] log-probs of each answer option after each encoded request (batched, bucketed, jitted).
 
     The requests' common beginning (chat template, preamble, exemplars) is prefilled once for the
-    batch when that fills fewer token slots than prefilling it in every row (`shared_prefix`)."""
+    batch (once per batch shard on a mesh) when that fills fewer token slots than prefilling it in
+    every row (`shared_prefix`)."""
     rows = shd.fill_batch(list(requests), self.batch_multiple)
     width = max(len(o) for o in options)
     opt = np.full((len(options), width), self.pad_id, np.int32)
@@ -95,8 +96,9 @@ class Judge:
     length = text_lib.bucket_length(max(len(r) for r in rows) - shared, self.cfg.prompt_buckets)
     tokens, valid = text_lib.left_pad([r[shared:] for r in rows], length, self.pad_id)
     if shared:
-      prefix, prefix_valid = text_lib.left_pad(
-          [rows[0][:shared]], text_lib.bucket_length(shared, self.cfg.prompt_buckets), self.pad_id)
+      prefix, prefix_valid = text_lib.left_pad(  # one copy per batch shard (see shared_prefix_cache)
+          [rows[0][:shared]] * self.batch_multiple,
+          text_lib.bucket_length(shared, self.cfg.prompt_buckets), self.pad_id)
       out = self._after_prefix(self.state, prefix, prefix_valid, tokens, valid, opt, opt_valid)
     else:
       out = self._option_log_probs(self.state, tokens, valid, opt, opt_valid)
@@ -111,8 +113,8 @@ class Judge:
     n = min(len(os.path.commonprefix([list(r) for r in rows])), min(len(r) for r in rows) - 1)
     buckets, longest = self.cfg.prompt_buckets, max(len(r) for r in rows)
     whole = len(rows) * text_lib.bucket_length(longest, buckets)
-    split = (text_lib.bucket_length(n, buckets) + len(rows) * text_lib.bucket_length(longest - n, buckets)
-             if n > 0 else whole)
+    split = (self.batch_multiple * text_lib.bucket_length(n, buckets)  # a copy per batch shard
+             + len(rows) * text_lib.bucket_length(longest - n, buckets)) if n > 0 else whole
     return n if split < whole else 0
 
   def pairwise(self, contexts: Sequence[Any], responses_a: Sequence[Any], responses_b: Sequence[Any],

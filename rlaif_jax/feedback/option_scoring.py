@@ -26,9 +26,10 @@ def option_log_probs(model: model_lib.Transformer, prompt: jax.Array, prompt_val
   only (a block-diagonal mask) and counted from the prompt's end. The cache holds P + O * L slots
   per prompt rather than O copies of P + L (d-RLAIF's ten answers after a long prompt: a tenth).
 
-  prefix [1, S] (left-padded, prefix_valid marks real tokens): a beginning that every prompt shares
-  and that `prompt` then continues (the judge's system prompt, preamble and exemplars). It is
-  prefilled once for the whole batch (`shared_prefix_cache`) instead of once per prompt.
+  prefix [R, S] (R copies of one left-padded prefix, prefix_valid marks real tokens; R divides B): a
+  beginning that every prompt shares and that `prompt` then continues (the judge's system prompt,
+  preamble and exemplars). It is prefilled R times for the batch (`shared_prefix_cache`) instead of
+  B times: R = 1 on one device, one copy per batch shard on a mesh.
   """
   if prefix is not None:
     return _after_shared_prefix(model, prefix, prefix_valid, prompt, prompt_valid, options,
@@ -71,15 +72,18 @@ def _rest_of_options(logits: jax.Array, options: jax.Array, options_valid: jax.A
 
 def shared_prefix_cache(model: model_lib.Transformer, prefix: jax.Array, prefix_valid: jax.Array,
                         batch: int, length: int) -> model_lib.KVCache:
-  """The KV cache of a prefix [1, S] every row shares: prefilled once (batch 1), then the same slots
-  for each of `batch` rows, in a cache of `length` >= S slots whose next write is at slot S."""
-  s = prefix.shape[1]
+  """The KV cache of a prefix every row shares, in a cache of `length` >= S slots whose next write
+  is at slot S. prefix [R, S]: R identical rows, R dividing `batch`; each is prefilled and then
+  serves batch / R consecutive rows. With R = the number of batch shards, every shard prefills its
+  own copy alongside its own rows, as the rows themselves are computed: no shard waits on another,
+  and the arithmetic is the same whichever processes hold the shards."""
+  r, s = prefix.shape
   mask = jnp.concatenate([model_lib.causal_mask(prefix_valid),
-                          jnp.zeros((1, s, length - s), bool)], axis=2)
-  cache = model_lib.KVCache.zeros(model.cfg, 1, length)
+                          jnp.zeros((r, s, length - s), bool)], axis=2)
+  cache = model_lib.KVCache.zeros(model.cfg, r, length)
   cache = model(prefix, model_lib.positions_from_mask(prefix_valid), mask, cache, last_only=True,
                 prefill=True).cache
-  rows = lambda a: jnp.broadcast_to(a, a.shape[:-4] + (batch,) + a.shape[-3:])
+  rows = lambda a: jnp.repeat(a, batch // r, axis=a.ndim - 4)  # [(L,) R, ...] -> [(L,) B, ...]
   return cache._replace(k=jax.tree.map(rows, cache.k), v=jax.tree.map(rows, cache.v))
 
 
@@ -88,11 +92,13 @@ def _after_shared_prefix(model, prefix, prefix_valid, prompt, prompt_valid, opti
   (S slots), then the prompts (P, left-padded), then the packed options (O * L when L > 1).
   Positions count the prefix's real tokens first. Not for sliding-window layers: their window
   counts cache slots, and the prompts' padding would sit between the prefix and the prompt."""
-  (b, p), (o, l), s = prompt.shape, options.shape, prefix.shape[1]
+  (b, p), (o, l), (r, s) = prompt.shape, options.shape, prefix.shape
   n = o * l if l > 1 else 0
   cache = shared_prefix_cache(model, prefix, prefix_valid, b, s + p + n)
-  positions = jnp.sum(prefix_valid, dtype=jnp.int32) + model_lib.positions_from_mask(prompt_valid)
-  before = jnp.broadcast_to(prefix_valid[:, None, :], (b, p, s))
+  row_prefix = jnp.repeat(prefix_valid, b // r, axis=0)  # [B, S]: each row's copy of the prefix
+  positions = (jnp.sum(row_prefix, axis=1, keepdims=True, dtype=jnp.int32)
+               + model_lib.positions_from_mask(prompt_valid))
+  before = jnp.broadcast_to(row_prefix[:, None, :], (b, p, s))
   mask = jnp.concatenate([before, model_lib.causal_mask(prompt_valid), jnp.zeros((b, p, n), bool)],
                          axis=2)
   out = model(prompt, positions, mask, cache, last_only=True)
@@ -104,7 +110,7 @@ def _after_shared_prefix(model, prefix, prefix_valid, prompt, prompt_valid, opti
   option_of = jnp.repeat(jnp.arange(o), l)
   own = (option_of[:, None] == option_of[None, :]) & (within[:, None] >= within[None, :])
   own = own & options_valid.reshape(1, n)
-  keys = jnp.concatenate([jnp.broadcast_to(prefix_valid[:, None, :], (b, n, s)),
+  keys = jnp.concatenate([jnp.broadcast_to(row_prefix[:, None, :], (b, n, s)),
                           jnp.broadcast_to(prompt_valid[:, None, :], (b, n, p)),
                           jnp.broadcast_to(own[None], (b, n, n))], axis=2)
   step_in = jnp.broadcast_to(options.reshape(1, n), (b, n))
@@ -117,7 +123,8 @@ def jit_option_log_probs(model: model_lib.Transformer, mesh: jax.sharding.Mesh,
                          shared_prefix: bool = False):
   """`fn(state, prompt, valid, options, options_valid) -> [B, O]` (`option_log_probs`), jitted with
   the state sharded by the rules and the prompts over the batch axes, run with the mesh set. With
-  `shared_prefix`: `fn(state, prefix, prefix_valid, prompt, ...)`, the prefix [1, S] replicated."""
+  `shared_prefix`: `fn(state, prefix, prefix_valid, prompt, ...)`, the prefix's copies [R, S] over
+  the batch axes too."""
   graphdef = nnx.graphdef(model)
   state_sh, batch, repl = shd.model_shardings(model, mesh)
 
@@ -128,6 +135,6 @@ def jit_option_log_probs(model: model_lib.Transformer, mesh: jax.sharding.Mesh,
     return option_log_probs(nnx.merge(graphdef, state), prompt, valid, options, options_valid,
                             prefix, prefix_valid)
 
-  shardings = (state_sh,) + ((repl, repl) if shared_prefix else ()) + (batch, batch, repl, repl)
+  shardings = (state_sh,) + ((batch, batch) if shared_prefix else ()) + (batch, batch, repl, repl)
   fn = after_prefix if shared_prefix else whole
   return shd.on_mesh(jax.jit(fn, in_shardings=shardings, out_shardings=batch), mesh, shardings)
