@@ -120,12 +120,7 @@ def main():
     scanned_state = nnx.state(scanned)
     run_scan = sampler.make_sampler(scanned, one, sampler.SamplingConfig(n, temperature=0.0))
     key = jax.random.key(0)
-    tp = torch.tensor(prompt, dtype=torch.long)
-
-    def hf():
-      with torch.inference_mode():
-        ref.generate(tp, attention_mask=torch.ones_like(tp), do_sample=False, max_new_tokens=n,
-                     min_new_tokens=n, pad_token_id=tok.pad_token_id, use_cache=True)
+    hf = hf_generate(ref, prompt, n, tok.pad_token_id)
 
     ours_fn = lambda: run(state, prompt, valid, key).tokens.block_until_ready()
     prefill_fn = lambda: prefill(state, prompt, valid, key).tokens.block_until_ready()
@@ -175,6 +170,18 @@ def main():
         'call): ' + '; '.join(f'{r[0]}: {r[9]:.0f} tok/s, {r[1] / r[9]:.0%} reached' for r in rows))
 
 
+def hf_generate(ref, prompt, new, pad_id):
+  """A call of transformers' greedy `generate` on the prompts [B, P]: exactly `new` tokens per row."""
+  import torch
+  tp = torch.tensor(prompt, dtype=torch.long)
+
+  def hf():
+    with torch.inference_mode():
+      ref.generate(tp, attention_mask=torch.ones_like(tp), do_sample=False, max_new_tokens=new,
+                   min_new_tokens=new, pad_token_id=pad_id, use_cache=True)
+  return hf
+
+
 def bfloat16_rows(args, model, tok, ref):
   """Both sides in bfloat16 (weights and compute), same shapes, interleaved, greedy: new tokens/s.
   Greedy tokens may differ from the float32 run's and between the two sides (bfloat16 rounding); both
@@ -195,13 +202,8 @@ def bfloat16_rows(args, model, tok, ref):
     prompt = rng.integers(3, model.cfg.vocab_size, (b, p)).astype(np.int32)
     valid = np.ones_like(prompt, bool)
     run = sampler.make_sampler(bf16, one, sampler.SamplingConfig(n, temperature=0.0))
-    key, tp = jax.random.key(0), torch.tensor(prompt, dtype=torch.long)
+    key, hf = jax.random.key(0), hf_generate(ref, prompt, n, tok.pad_token_id)
     ours_fn = lambda: run(state, prompt, valid, key).tokens.block_until_ready()
-
-    def hf():
-      with torch.inference_mode():
-        ref.generate(tp, attention_mask=torch.ones_like(tp), do_sample=False, max_new_tokens=n,
-                     min_new_tokens=n, pad_token_id=tok.pad_token_id, use_cache=True)
 
     ours_fn(), hf()
     ours = theirs = float('inf')

@@ -47,25 +47,29 @@ def option_log_probs(model: model_lib.Transformer, prompt: jax.Array, prompt_val
   out = model(prompt, positions, mask, cache, last_only=True, prefill=True)
   first = jax.nn.log_softmax(out.logits[:, -1].astype(jnp.float32), axis=-1)  # [B, V]
   total = first[:, options[:, 0]]  # [B, O]
-  step_in = jnp.broadcast_to(options.reshape(1, n), (b, n))  # option o's token i at o * L + i
+  return total + _rest_of_options(model, out.cache, prompt_valid, positions[:, -1:], options,
+                                  options_valid)
+
+
+def _rest_of_options(model, cache, earlier_valid, last_position, options, options_valid):
+  """Summed log-probs [B, O] of each option's tokens after its first: all options packed as one
+  [O * L] chunk written after the cache's first C slots (earlier_valid [B, C] marks the real ones,
+  last_position [B, 1] is the last real token's position), option o's token i at o * L + i, each
+  attending to those slots and its own earlier tokens only (a block-diagonal mask), counted from
+  the prompt's end."""
+  b, c = earlier_valid.shape
+  o, l = options.shape
+  n = o * l
+  step_in = jnp.broadcast_to(options.reshape(1, n), (b, n))
   within = jnp.tile(jnp.arange(l, dtype=jnp.int32), o)  # i of each packed token
   option_of = jnp.repeat(jnp.arange(o), l)
   own = (option_of[:, None] == option_of[None, :]) & (within[:, None] >= within[None, :])
   own = own & options_valid.reshape(1, n)  # [N, N]: same option, not later, a real token
-  keys = jnp.concatenate([jnp.broadcast_to(prompt_valid[:, None, :], (b, n, p)),
-                          jnp.broadcast_to(own[None], (b, n, n))], axis=2)  # [B, N, P + N]
-  step = model(step_in, positions[:, -1:] + 1 + within[None], keys, out.cache,
-               query_slots=p + within)
-  return total + _rest_of_options(step.logits, options, options_valid)
-
-
-def _rest_of_options(logits: jax.Array, options: jax.Array, options_valid: jax.Array) -> jax.Array:
-  """Summed log-probs [B, O] of each option's tokens after its first, from the logits [B, O * L, V]
-  of the packed options (option o's token i at o * L + i predicts its token i + 1)."""
-  o, l = options.shape
-  logp = jax.nn.log_softmax(logits.reshape(logits.shape[0], o, l, -1)[:, :, :-1].astype(jnp.float32),
-                            axis=-1)
-  rest = jnp.take_along_axis(logp, jnp.broadcast_to(options[None, :, 1:, None], logp.shape[:3] + (1,)),
+  keys = jnp.concatenate([jnp.broadcast_to(earlier_valid[:, None, :], (b, n, c)),
+                          jnp.broadcast_to(own[None], (b, n, n))], axis=2)  # [B, N, C + N]
+  logits = model(step_in, last_position + 1 + within[None], keys, cache, query_slots=c + within).logits
+  logp = jax.nn.log_softmax(logits.reshape(b, o, l, -1)[:, :, :-1].astype(jnp.float32), axis=-1)
+  rest = jnp.take_along_axis(logp, jnp.broadcast_to(options[None, :, 1:, None], (b, o, l - 1, 1)),
                              axis=-1)[..., 0] * options_valid[None, :, 1:]
   return rest.sum(axis=2)
 
@@ -106,17 +110,8 @@ def _after_shared_prefix(model, prefix, prefix_valid, prompt, prompt_valid, opti
   total = first[:, options[:, 0]]  # [B, O]
   if l == 1:
     return total
-  within = jnp.tile(jnp.arange(l, dtype=jnp.int32), o)
-  option_of = jnp.repeat(jnp.arange(o), l)
-  own = (option_of[:, None] == option_of[None, :]) & (within[:, None] >= within[None, :])
-  own = own & options_valid.reshape(1, n)
-  keys = jnp.concatenate([jnp.broadcast_to(row_prefix[:, None, :], (b, n, s)),
-                          jnp.broadcast_to(prompt_valid[:, None, :], (b, n, p)),
-                          jnp.broadcast_to(own[None], (b, n, n))], axis=2)
-  step_in = jnp.broadcast_to(options.reshape(1, n), (b, n))
-  step = model(step_in, positions[:, -1:] + 1 + within[None], keys, out.cache,
-               query_slots=s + p + within)
-  return total + _rest_of_options(step.logits, options, options_valid)
+  earlier = jnp.concatenate([row_prefix, prompt_valid], axis=1)  # [B, S + P]
+  return total + _rest_of_options(model, out.cache, earlier, positions[:, -1:], options, options_valid)
 
 
 def jit_option_log_probs(model: model_lib.Transformer, mesh: jax.sharding.Mesh,
