@@ -36,6 +36,15 @@ def timed(fn, repeats):
   return statistics.median(times)
 
 
+def forward_flops(cfg, batch: int, length: int) -> float:
+  """FLOPs of one forward pass with logits at every position, as both sides compute it: 2 per
+  weight per token in the blocks and the LM head, plus q.k and p.v over the causal half."""
+  e, d = cfg.hidden_size, cfg.head_dim
+  per_layer = e * d * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) + 3 * e * cfg.intermediate_size
+  attention = 4 * cfg.num_heads * d * (length + 1) / 2
+  return batch * length * (cfg.num_layers * (2 * per_layer + attention) + 2 * cfg.vocab_size * e)
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument('--batch', type=int, default=8)
@@ -83,6 +92,15 @@ def main():
   print(f'\nForward pass, SmolLM2-135M-Instruct, batch {args.batch} x {args.length} tokens, '
         f'{machine.describe()}, jax {jax.__version__}, torch {torch.__version__}')
   print(machine.matmul_rates())
+  ceiling = machine.cpu_ceiling()
+  print(machine.describe_ceiling(ceiling))
+  flops = forward_flops(model.cfg, args.batch, args.length)
+  rates = {name: flops / sec / 1e9 for name, dtype, sec in rows if dtype == 'float32'}
+  needed = 1.5 * flops / base['float32'] / 1e9
+  print(f'float32 work: {flops / 1e9:.0f} GFLOP a forward; rates reached, ' +
+        ', '.join(f'{name} {rate:.0f}' for name, rate in rates.items()) +
+        f' GFLOP/s; 1.5x PyTorch needs {needed:.0f} GFLOP/s sustained' +
+        (f' ({needed / ceiling[0]:.0%} of the FMA peak)' if ceiling else ''))
   print(f'bfloat16 dots through the CPU\'s bfloat16 kernels: {dots.wide_accumulation(jnp.bfloat16)}')
   print(f'{"implementation":<30}{"dtype":<14}{"seconds":>9}{"tokens/s":>11}'
         f'{"vs torch, same dtype":>22}')

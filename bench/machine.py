@@ -34,6 +34,32 @@ def timings(fn, repeats: int) -> list[float]:
   return times
 
 
+def cpu_ceiling() -> tuple[float, float] | None:
+  """(float32 FMA peak GFLOP/s, memory read GB/s) of this CPU on all cores, measured by
+  bench/ceiling.c built with the system C compiler (-march=native); None without a compiler. The
+  hardware's own bound, above any library's: a target that needs more than it is out of reach."""
+  import shutil
+  import subprocess
+  import tempfile
+  cc = shutil.which(os.environ.get('CC', 'cc')) or shutil.which('gcc')
+  if cc is None:
+    return None
+  source = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'ceiling.c')
+  with tempfile.TemporaryDirectory() as folder:
+    binary = os.path.join(folder, 'ceiling')
+    subprocess.run([cc, '-O2', '-march=native', '-pthread', source, '-o', binary], check=True)
+    out = subprocess.run([binary, str(os.cpu_count())], check=True, capture_output=True, text=True)
+  fma, read = (float(x) for x in out.stdout.split())
+  return fma, read
+
+
+def describe_ceiling(ceiling: tuple[float, float] | None) -> str:
+  if ceiling is None:
+    return 'CPU ceiling: not measured (no C compiler for bench/ceiling.c)'
+  return (f'CPU ceiling (bench/ceiling.c, {os.cpu_count()} threads): float32 FMA peak '
+          f'{ceiling[0]:.0f} GFLOP/s, memory read {ceiling[1]:.1f} GB/s')
+
+
 MATMUL_SHAPES = ((2048, 576, 1536), (16, 576, 1536))  # SmolLM2's MLP: a training batch, a decode step
 
 
@@ -93,6 +119,8 @@ def decode_floor(batch: int = 16, layers: int = 30, hidden: int = 576, mlp: int 
   t_ours = min(timings(lambda: ours(jx, jws).block_until_ready(), repeats))
   with torch.inference_mode():
     t_theirs = min(timings(lambda: step(tx, tws, torch.matmul, torch.nn.functional.silu), repeats))
+  weight_bytes = 4 * sum(w.size for layer in weights for w in layer)
   return (f'decode matmuls alone ({layers} layers x 5 matmuls, {batch} rows, cold weights), XLA / '
           f'PyTorch: {t_ours * 1e3:.1f} / {t_theirs * 1e3:.1f} ms a step ({flops / t_ours / 1e9:.0f} / '
-          f'{flops / t_theirs / 1e9:.0f} GFLOP/s)')
+          f'{flops / t_theirs / 1e9:.0f} GFLOP/s, weights streamed at {weight_bytes / t_ours / 1e9:.1f} / '
+          f'{weight_bytes / t_theirs / 1e9:.1f} GB/s)')

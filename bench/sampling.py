@@ -149,6 +149,7 @@ def main():
         f'jax {jax.__version__}, torch {torch.__version__}')
   print(machine.matmul_rates())
   print(machine.decode_floor(batch=int(args.shapes.split('x')[0])))
+  print(machine.describe_ceiling(machine.cpu_ceiling()))
   print(f'machine: memory bandwidth {bandwidth / 1e9:.1f} GB/s; float32 matmul {flops_big / 1e9:.0f} '
         f'GFLOP/s (1024^3), {flops_decode / 1e9:.0f} GFLOP/s (decode shape 16x576x1536)')
   print(f'{"B x prompt x new":<18}{"rlaif_jax tok/s":>16}{"HF generate tok/s":>19}{"ratio":>8}'
