@@ -12,7 +12,6 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 
 import jax
 import jax.numpy as jnp
@@ -27,22 +26,15 @@ from rlaif_jax.models import transformer as model_lib
 
 
 def timed(fn, repeats):
-  fn()  # warm-up (compilation for JAX)
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+  return statistics.median(machine.timings(fn, repeats))  # after a warm-up (compilation for JAX)
 
 
 def forward_flops(cfg, batch: int, length: int) -> float:
   """FLOPs of one forward pass with logits at every position, as both sides compute it: 2 per
   weight per token in the blocks and the LM head, plus q.k and p.v over the causal half."""
-  e, d = cfg.hidden_size, cfg.head_dim
-  per_layer = e * d * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) + 3 * e * cfg.intermediate_size
-  attention = 4 * cfg.num_heads * d * (length + 1) / 2
-  return batch * length * (cfg.num_layers * (2 * per_layer + attention) + 2 * cfg.vocab_size * e)
+  attention = 4 * cfg.num_heads * cfg.head_dim * (length + 1) / 2
+  return batch * length * (cfg.num_layers * (2 * machine.layer_weights(cfg) + attention)
+                           + 2 * cfg.vocab_size * cfg.hidden_size)
 
 
 def main():

@@ -60,6 +60,13 @@ def describe_ceiling(ceiling: tuple[float, float] | None) -> str:
           f'{ceiling[0]:.0f} GFLOP/s, memory read {ceiling[1]:.1f} GB/s')
 
 
+def layer_weights(cfg) -> int:
+  """Weights of one decoder layer's matmuls (q, k, v, o and the gated MLP): each is 2 FLOPs per
+  token and is read once per decode step."""
+  e = cfg.hidden_size
+  return e * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) + 3 * e * cfg.intermediate_size
+
+
 MATMUL_SHAPES = ((2048, 576, 1536), (16, 576, 1536))  # SmolLM2's MLP: a training batch, a decode step
 
 

@@ -68,7 +68,7 @@ def roofline(cfg, batch, prompt, new, bandwidth, flops, prefill_flops=None):
   the large-matmul rate `prefill_flops`; a bound that leaves it out (prefill_flops=None, the decode
   steps alone) is no bound for a call that prefills, and was what this column showed before."""
   e, layers = cfg.hidden_size, cfg.num_layers
-  per_layer = e * cfg.head_dim * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) + 3 * e * cfg.intermediate_size
+  per_layer = machine.layer_weights(cfg)
   head = cfg.vocab_size * e  # lm head (tied to the embedding)
   params = layers * per_layer + head
   mean_ctx = prompt + new / 2
