@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from rlaif_jax.infra import sharding as shd
+from rlaif_jax.infra import axis_rules
 
 
 def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
@@ -11,12 +11,12 @@ def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.Confi
 
 
 def logical_axis_rules() -> list:
-  """Logical name -> mesh axes (None = replicated), a copy of `rlaif_jax.infra.sharding.DEFAULT_RULES`:
+  """Logical name -> mesh axes (None = replicated), a copy of `rlaif_jax.infra.axis_rules.DEFAULT_RULES`:
   batch -> (data, fsdp); embed -> fsdp (FSDP); vocab, heads, kv_heads, mlp -> tensor (tensor
   parallelism); length, head_dim, norm -> replicated; act_* are the activations' names. Edit the copy
   in a config (or on the command line) to change a layout; a name without a rule is an error, never
   silently replicated."""
-  return [list(rule) for rule in shd.DEFAULT_RULES]
+  return [list(rule) for rule in axis_rules.DEFAULT_RULES]
 
 
 def sampling(max_new_tokens: int = 64, temperature: float = 1.0, top_k: int = 0,
@@ -147,7 +147,14 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.rl = ml_collections.ConfigDict()
   c.rl.algorithm = 'ppo'  # ppo | reinforce | rloo | grpo (GRPO, Dr. GRPO, DAPO, GSPO: see below) |
   #                         online_dpo
-  c.rl.reward = 'reward_model'  # reward_model (RLAIF) | judge (d-RLAIF)
+  # The reward: reward_model (RLAIF) | judge (d-RLAIF: the judge's 1-10 score) | judge_yes_no (the
+  # judge's log P(Yes) - log P(No) of rl.question) | check:NAME (a feedback/checks.py check) |
+  # package.module:function ((prompt, response) -> float, as TRL's reward_funcs)
+  c.rl.reward = 'reward_model'
+  # or a weighted sum of such terms, e.g. (('judge_yes_no', 1.0), ('check:brevity', 0.05)); each
+  # term is logged per iteration as reward/NAME (and config.check, when set, as a monitor)
+  c.rl.rewards = ()
+  c.rl.question = ''  # judge_yes_no: a yes/no question about one response
   # online_dpo (samples_per_prompt=2): each pair labeled, then DPO steps on it
   c.rl.preference = 'scores'  # scores: s((score_a - score_b) / temperature) | pairwise: the judge's
   c.rl.preference_temperature = 1.0
@@ -188,6 +195,10 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.num_prompts = 0  # held-out prompts evaluated; 0 = all
   c.eval.sampling = sampling(64, temperature=0.0)
+  # > 0: the checked effect also on this many sampled answers per held-out prompt, at rl.sampling's
+  # temperature (the headline then; a rare property gives a greedy interval of 0-0)
+  c.eval.samples_per_prompt = 0
+  c.eval.judge = True  # False: the checked effect alone (no win rate or harmless rate: no judge)
   c.eval.human_pairs = ''  # optional JSONL of human-labeled pairs for judge-human alignment
   c.eval.human_pairs_limit = 0
   c.eval.samples_in_report = 4  # held-out responses of both policies side by side in report.md

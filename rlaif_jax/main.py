@@ -20,11 +20,13 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  from rlaif_jax.pipeline import preflight  # needs no jax: a misspelt reward fails in a moment
+  preflight.check(config)
   from rlaif_jax.infra import distributed  # after flag parsing, so --help is fast
   from rlaif_jax.pipeline import compare, runner
   if not flags.FLAGS['verbosity'].present:  # progress lines only; --verbosity=0 shows library logs
     logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
   distributed.initialize(config.get('distributed', 'auto'))  # before anything touches a device
   if not distributed.is_writer():  # one process prints progress; errors still reach stderr
     sys.stdout = open(os.devnull, 'w')

@@ -67,21 +67,36 @@ CHECKS: dict[str, Check] = {f.__name__: f for f in (bulleted_list, ends_with_que
                                                      brevity, polite, exclamations)}
 
 
-def resolve(name: str) -> Check:
-  """A built-in check by name, or a user's 'package.module:function' taking (prompt, response)."""
+def resolve_name(name: str) -> None:
+  """A UserError unless `name` is a built-in check or has the form 'package.module:function'
+  (nothing is imported: found from the config alone)."""
   if name in CHECKS:
-    return CHECKS[name]
-  if ':' not in name:
+    return
+  module, sep, attr = name.partition(':')
+  if not (sep and attr.isidentifier() and all(p.isidentifier() for p in module.split('.'))):
     raise UserError(f'Unknown check {name!r}; use one of {sorted(CHECKS)} or a function of yours '
                     f"as 'package.module:function' taking (prompt, response).")
+
+
+def resolve(name: str) -> Check:
+  """A built-in check by name, or a user's 'package.module:function' taking (prompt, response)."""
+  resolve_name(name)
+  if name in CHECKS:
+    return CHECKS[name]
+  return import_function(name, 'Check')
+
+
+def import_function(name: str, what: str) -> Callable:
+  """The function a 'package.module:function' name gives; a UserError naming `what` when it does not
+  import or is not callable."""
   module, _, attr = name.partition(':')
   try:
     fn = getattr(importlib.import_module(module), attr)
   except (ImportError, AttributeError) as e:
-    raise UserError(f'Check {name!r} cannot be imported ({e}); give an importable '
+    raise UserError(f'{what} {name!r} cannot be imported ({e}); give an importable '
                     f"'package.module:function'.") from e
   if not callable(fn):
-    raise UserError(f'Check {name!r} is not a function of (prompt, response).')
+    raise UserError(f'{what} {name!r} is not a function of (prompt, response).')
   return fn
 
 

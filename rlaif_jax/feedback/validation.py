@@ -94,12 +94,23 @@ def validate(judge: Any, prompts: Sequence[str], responses_a: Sequence[str],
 
 
 def checked_effect(check: checks_lib.Check, prompts: Sequence[str], policy: Sequence[str],
-                   reference: Sequence[str], resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+                   reference: Sequence[str], samples: int = 1, resamples: int = 2000, seed: int = 0
+                   ) -> dict[str, Any]:
   """The check's score of the policy's responses against the reference policy's on the same
-  prompts: the mean paired difference with its bootstrap 95% interval, and each side's mean."""
-  sp = np.array([check(p, r) for p, r in zip(prompts, policy)], np.float64)
-  sr = np.array([check(p, r) for p, r in zip(prompts, reference)], np.float64)
+  prompts: the mean paired difference with its bootstrap 95% interval (over prompts), and each
+  side's mean. With samples > 1 each side gives `samples` responses per prompt (a prompt's adjacent):
+  each prompt's score is the mean of its samples, so the interval counts prompts, not samples."""
+  n = len(prompts)
+  if len(policy) != n * samples or len(reference) != n * samples:
+    raise ValueError(f'{n} prompts x {samples} samples need {n * samples} responses a side, got '
+                     f'{len(policy)} and {len(reference)}.')
+  score = lambda responses: np.array([check(prompts[i // samples], r) for i, r in
+                                      enumerate(responses)], np.float64).reshape(n, samples)
+  every_p, every_r = score(policy), score(reference)
+  sp, sr = every_p.mean(1), every_r.mean(1)
   low, high = bootstrap_mean(sp - sr, resamples, seed)
-  return {'prompts': len(sp), 'policy': float(sp.mean()), 'reference': float(sr.mean()),
+  return {'prompts': n, 'policy': float(sp.mean()), 'reference': float(sr.mean()),
           'effect': float((sp - sr).mean()), 'effect_ci95': [low, high],
-          'policy_higher': int((sp > sr).sum()), 'reference_higher': int((sp < sr).sum())}
+          'policy_higher': int((sp > sr).sum()), 'reference_higher': int((sp < sr).sum()),
+          'policy_nonzero': float(np.mean(every_p != 0)),
+          'reference_nonzero': float(np.mean(every_r != 0))}

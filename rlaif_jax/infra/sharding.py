@@ -17,27 +17,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from rlaif_jax.infra.errors import UserError
 
-MESH_AXES = ('data', 'fsdp', 'tensor')
-
-# Logical name -> mesh axes. Parameters: `vocab, embed, heads, kv_heads, head_dim, mlp, norm`.
-# Activations: `batch, length, act_*`. Kept as a tuple of pairs so it can live in a frozen config.
-DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ('batch', ('data', 'fsdp')),
-    ('length', None),
-    ('vocab', 'tensor'),
-    ('embed', 'fsdp'),
-    ('heads', 'tensor'),
-    ('kv_heads', 'tensor'),
-    ('head_dim', None),
-    ('mlp', 'tensor'),
-    ('norm', None),
-    ('layers', None),
-    ('act_embed', None),
-    ('act_heads', 'tensor'),
-    ('act_kv_heads', 'tensor'),
-    ('act_mlp', 'tensor'),
-    ('act_vocab', 'tensor'),
-)
+from rlaif_jax.infra.axis_rules import DEFAULT_RULES, MESH_AXES  # noqa: F401 (re-exported)
 
 
 def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:

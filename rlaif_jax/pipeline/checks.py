@@ -134,6 +134,8 @@ def _check_dtypes(config: ml_collections.ConfigDict, run: set[str]) -> None:
 
 def _check_rl(config: ml_collections.ConfigDict) -> None:
   cfg = RLConfig.from_config(config.rl)  # unknown algorithm, reward, value model...
+  from rlaif_jax.pipeline import preflight
+  preflight.reward_functions(config)  # an unknown check, a function that does not import
   rows = config.rl.batch_size * cfg.samples_per_prompt
   _divides(rows, cfg.minibatches, f'rl.batch_size x rl.samples_per_prompt = {rows} rows',
            'rl.minibatches')

@@ -47,30 +47,75 @@ def plot(rows: list[dict], keys: tuple[str, ...], title: str, path: storage.epat
   return _save(fig, path)
 
 
-def write(workdir: storage.PathLike, results: dict[str, Any], samples: list[dict] = ()
-          ) -> storage.epath.Path:
-  """eval/report.md with the results (the checked effect first, when there is a check), the RL
-  and reward-model curves, a win-rate chart and `samples` (prompt, policy, reference) side by side."""
+def reward_hacking(rows: list[dict], check: str) -> dict[str, Any] | None:
+  """Did the RL reward rise while the principle's check (monitored per iteration as
+  reward/check:NAME) did not? Compares the means of the first and last fifth of the iterations (at
+  least 2 each): a rise counts when it exceeds twice its standard error. None without the check's
+  curve or with fewer than 4 iterations."""
+  key = f'reward/check:{check}'
+  rows = [r for r in rows if isinstance(r.get('reward'), float) and isinstance(r.get(key), float)]
+  if len(rows) < 4:
+    return None
+  k = max(2, len(rows) // 5)
+
+  def rise(name):
+    a, b = (np.array([r[name] for r in part]) for part in (rows[:k], rows[-k:]))
+    se = float(np.sqrt(a.var(ddof=1) / k + b.var(ddof=1) / k))
+    return float(a.mean()), float(b.mean()), bool(b.mean() - a.mean() > 2 * se)
+
+  r0, r1, reward_rose = rise('reward')
+  c0, c1, check_rose = rise(key)
+  out = {'check': check, 'iterations': len(rows), 'window': k, 'reward_first': r0, 'reward_last': r1,
+         'check_first': c0, 'check_last': c1, 'reward_rose': reward_rose, 'check_rose': check_rose,
+         'flag': reward_rose and not check_rose}
+  window = f'means of the first and last {k} of {len(rows)} iterations'
+  if out['flag']:
+    out['text'] = (f'Reward hacking: the RL reward rose {r0:.3f} -> {r1:.3f} while the check '
+                   f'{check} did not ({c0:.3f} -> {c1:.3f}; {window}): the policy learned what the '
+                   f'reward pays for, not the principle.')
+  else:
+    out['text'] = (f'RL reward {r0:.3f} -> {r1:.3f} ({"rose" if reward_rose else "no clear rise"}), '
+                   f'check {check} {c0:.3f} -> {c1:.3f} ({"rose" if check_rose else "no clear rise"}; '
+                   f'{window}).')
+  return out
+
+
+def write(workdir: storage.PathLike, results: dict[str, Any], samples: list[dict] = (),
+          check: str = '') -> storage.epath.Path:
+  """eval/report.md with the results (the checked effect first, when there is a check, and the
+  reward-hacking verdict), the RL and reward-model curves (the RL reward beside the check per
+  iteration), a win-rate chart and `samples` (prompt, policy, reference) side by side."""
   out = storage.path(workdir) / 'eval'
   rl_rows = metrics.read(workdir, 'rl')
+  terms = tuple(sorted({k for r in rl_rows for k in r if k.startswith('reward/')}))
   figures = [
       plot(rl_rows, ('reward', 'kl', 'entropy'), 'RL: reward (normalised), '
            'KL to the reference, entropy', out / 'rl_reward_kl.png'),
+      plot(rl_rows, ('reward', *terms), 'RL per iteration: the reward optimised and each term '
+           '(the check: a monitor, weight 0, unless it is a term)', out / 'rl_reward_check.png')
+      if terms else None,
       plot(metrics.read(workdir, 'reward_model'), ('loss', 'accuracy'), 'Reward model training',
            out / 'reward_model.png'),
-      _win_chart(results, out / 'win_rate.png'),
+      _win_chart(results, out / 'win_rate.png') if 'win_rate' in results else None,
   ]
   lines = ['# Evaluation', '', f'Held-out prompts: {results["prompts"]}; policy from '
            f'`{results["policy_from"]}`, reference from `{results["reference_from"]}`.', '',
            '| metric | value |', '|---|---|']
   if 'check' in results:
     lines.append(f'| **{checked(results["check"])}** | check of the principle, not the judge |')
-  lo, hi = results['win_rate_ci95']
-  lines.append(f'| win rate vs reference (judge, both orders) | {results["win_rate"]:.3f} '
-               f'(95% CI {lo:.3f}-{hi:.3f}) |')
-  lines.append(f'| wins / ties / losses | {results["wins"]} / {results["ties"]} / '
-               f'{results["losses"]} |')
-  lines.append(f'| judge position consistency | {results["judge_position_consistency"]:.3f} |')
+  if 'check_greedy' in results:
+    lines.append(f'| {checked(results["check_greedy"])} | the same check on greedy answers |')
+  if results.get('reward_hacking'):
+    lines.append(f'| {"**" if results["reward_hacking"]["flag"] else ""}'
+                 f'{results["reward_hacking"]["text"]}{"**" if results["reward_hacking"]["flag"] else ""}'
+                 f' | RL reward vs the monitored check |')
+  if 'win_rate' in results:
+    lo, hi = results['win_rate_ci95']
+    lines.append(f'| win rate vs reference (judge, both orders) | {results["win_rate"]:.3f} '
+                 f'(95% CI {lo:.3f}-{hi:.3f}) |')
+    lines.append(f'| wins / ties / losses | {results["wins"]} / {results["ties"]} / '
+                 f'{results["losses"]} |')
+    lines.append(f'| judge position consistency | {results["judge_position_consistency"]:.3f} |')
   for k in ('harmless_rate_policy', 'harmless_rate_reference'):
     if k in results:
       lines.append(f'| {k.replace("_", " ")} | {results[k]:.3f} |')
@@ -118,10 +163,15 @@ def _save(fig, path: storage.epath.Path) -> storage.epath.Path:
 
 
 def checked(e: dict) -> str:
-  """The checked effect in one phrase: check, effect and its 95% interval, both sides' means."""
+  """The checked effect in one phrase: check, effect and its 95% interval, both sides' means, and
+  how many answers per prompt it averaged."""
   lo, hi = e['effect_ci95']
+  k = e.get('samples_per_prompt', 1)
+  answers = (f' x {k} sampled answers (T={e["temperature"]:g})' if k > 1 else
+             ' (greedy)' if e.get('temperature') == 0 else '')
   return (f'check {e["name"]}: effect {e["effect"]:+.3f} (CI {lo:.3f}-{hi:.3f}), policy '
-          f'{e["policy"]:.3f} vs reference {e["reference"]:.3f} on {e["prompts"]} held-out prompts')
+          f'{e["policy"]:.3f} vs reference {e["reference"]:.3f} on {e["prompts"]} held-out '
+          f'prompts{answers}')
 
 
 def summary_table(workdir: storage.PathLike, summaries: dict[str, dict], seconds: dict[str, float]) -> str:
@@ -165,14 +215,22 @@ def _headline(workdir: str, stage: str, info: dict) -> str:
       k = max(1, len(rows) // 5)
       mean = lambda part, key: sum(r[key] for r in part) / len(part)
       first, last = rows[:k], rows[-k:]
-      return (f'reward {mean(first, "reward"):.3f} -> {mean(last, "reward"):.3f}, KL '
+      watched = [key for key in rows[-1] if key.startswith('reward/check:')
+                 and all(key in r for r in first + last)]
+      checks = ''.join(f', {key[len("reward/"):]} {mean(first, key):.3f} -> {mean(last, key):.3f}'
+                       for key in watched)
+      return (f'reward {mean(first, "reward"):.3f} -> {mean(last, "reward"):.3f}{checks}, KL '
               f'{mean(first, "kl"):.3f} -> {mean(last, "kl"):.3f} (means of the first and last '
               f'{k} of {len(rows)} iterations)')
     return f'{info.get("iterations", 0)} iterations'
   if stage == 'eval':
-    lo, hi = info['win_rate_ci95']
-    return (f'win rate vs reference {info["win_rate"]:.3f} (95% CI {lo:.3f}-{hi:.3f}), '
-            f'{info["prompts"]} held-out prompts')
+    parts = []
+    if 'win_rate' in info:
+      lo, hi = info['win_rate_ci95']
+      parts.append(f'win rate vs reference {info["win_rate"]:.3f} (95% CI {lo:.3f}-{hi:.3f})')
+    if info.get('reward_hacking', {}).get('flag'):
+      parts.append('REWARD HACKING: the RL reward rose, the check did not')
+    return ', '.join(parts + [f'{info["prompts"]} held-out prompts'])
   if stage == 'sft':
     return f'{info["examples"]} examples, {info["steps"]} steps'
   if stage == 'export':

@@ -1,5 +1,6 @@
-"""The rl stage: PPO / REINFORCE / RLOO of the policy against the reward model (canonical RLAIF) or the
-judge's direct scores (d-RLAIF), with a KL leash to the reference policy. Every iteration is
+"""The rl stage: PPO / REINFORCE / RLOO / GRPO / online DPO of the policy against the reward model
+(canonical RLAIF), the judge's direct or yes/no scores (d-RLAIF), reward functions, or a weighted sum
+of these (rl.rewards), with a KL leash to the reference policy. Every iteration is
 checkpointed with everything needed to resume exactly (train state, PRNG key, KL coefficient, data
 position). Leaves rl/policy (DONE.json last); rl/checkpoints while it runs.
 """
@@ -20,28 +21,32 @@ from rlaif_jax.infra import metrics, storage
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.infra.progress import Progress
 from rlaif_jax.models import lora
-from rlaif_jax.pipeline import reward_model, training_loop
+from rlaif_jax.pipeline import preflight, reward_model, training_loop
 from rlaif_jax.pipeline.context import DONE, RunContext
 from rlaif_jax.rl import loop as rl_loop
-from rlaif_jax.rl import rewards
-from rlaif_jax.rl.config import RLConfig
+from rlaif_jax.rl import reward_functions, rewards
+from rlaif_jax.rl.config import RLConfig, reward_kind
 from rlaif_jax.training import state as state_lib
 
 
 def reward_source_and_value_model(ctx: RunContext, cfg: RLConfig, tokenizer: Any):
-  """(the reward source rl.reward names, the separate value model or None). The value model starts
-  from the reward model, as in TRL."""
-  reward_args, value_model = {}, None
-  if cfg.reward == 'reward_model' or cfg.value_model == 'separate':
+  """(the reward rl.reward / rl.rewards names, the separate value model or None). The value model
+  starts from the reward model, as in TRL. config.check, when set, is monitored beside the reward
+  (logged per iteration as reward/check:NAME, weight 0) so that reward hacking shows."""
+  kinds = {reward_kind(name) for name, _ in cfg.reward_terms}
+  reward_args, value_model = {'tokenizer': tokenizer}, None
+  if 'reward_model' in kinds or cfg.value_model == 'separate':
     source = ctx.config.reward_model.source
     rm_model, _ = reward_model.load(ctx, source, frozen=True)
     stats = reward_model.stats(ctx.restored_info)
     reward_args['reward_model'] = (rm_model, nnx.state(rm_model, nnx.Param), ctx.mesh, stats)
     if cfg.value_model == 'separate':  # trained: in model.param_dtype
       value_model, _ = reward_model.load(ctx, source)
-  if cfg.reward == 'judge':
-    reward_args.update(judge=ctx.judge(), tokenizer=tokenizer)
-  return rewards.make_reward_source(cfg, **reward_args), value_model
+  if kinds & set(reward_functions.NEEDS_JUDGE):
+    reward_args['judge'] = ctx.judge()
+  monitors = (f'check:{ctx.config.check}',) if ctx.config.check else ()
+  return rewards.make_reward_source(cfg, functions=preflight.reward_functions(ctx.config),
+                                    monitors=monitors, **reward_args), value_model
 
 
 def build_loop(ctx: RunContext, cfg: RLConfig, policy, tokenizer) -> rl_loop.RLLoop:

@@ -27,7 +27,7 @@ from rlaif_jax.plan.analysis import (S, Step, abstract_arrays, abstract_key, abs
                                      model_config, params_bytes)
 from rlaif_jax.rl import rewards
 from rlaif_jax.rl import update as update_lib
-from rlaif_jax.rl.config import RLConfig, values_from_first_step
+from rlaif_jax.rl.config import RLConfig, reward_kind, values_from_first_step
 from rlaif_jax.rl.rollout import Rollout
 from rlaif_jax.training import reward_model as rm
 from rlaif_jax.training import state as state_lib
@@ -180,16 +180,18 @@ def rl_scoring_steps(p: Planning, response: tuple, w_state: int, w_policy: int, 
       return fn, (abstract_arrays(nnx.state(critic(q))), *response)
     steps.append(compile_built(
         p, Step('rl', 'score: old values', 1, w_state - p.weights(critic(p)) + others), old_values))
-  if p.rl.reward == 'reward_model':
+  kinds = {reward_kind(name) for name, _ in p.rl.reward_terms}  # text functions run on the host
+  if 'reward_model' in kinds:
     def reward(q: Planning):
       fn = rewards.reward_model_rewards(q.frozen_reward, None, q.mesh, rm.RewardStats(0.0, 1.0)).jitted
       return fn, (abstract_arrays(nnx.state(q.frozen_reward)), *response)
     steps.append(compile_built(p, Step('rl', 'score: reward model', 1, w_state + w_policy), reward))
-  else:  # d-RLAIF: the judge's 1-10 answer after each prompt + response
-    c = p.config.rl
-    steps.append(judge_step(p, Step('rl', 'score: judge (d-RLAIF)', 1, w_state + w_policy),
-                            response[0].shape[0], c.prompt_length + c.sampling.max_new_tokens + 128,
-                            (10, 3)))
+  c = p.config.rl
+  for kind, what, options in (('judge', 'score: judge (d-RLAIF)', (10, 3)),
+                              ('judge_yes_no', 'score: judge yes/no', (2, 1))):
+    if kind in kinds:  # the judge's answer after each prompt + response
+      steps.append(judge_step(p, Step('rl', what, 1, w_state + w_policy), response[0].shape[0],
+                              c.prompt_length + c.sampling.max_new_tokens + 128, options))
   return steps
 
 

@@ -9,7 +9,11 @@ from typing import Any, Mapping
 from rlaif_jax.infra.errors import UserError
 
 ALGORITHMS = ('ppo', 'reinforce', 'rloo', 'grpo', 'online_dpo')
-REWARDS = ('reward_model', 'judge')
+# Reward terms by name: a trained reward model (canonical RLAIF), the judge's expected 1-10 score
+# (d-RLAIF), the judge's log P(Yes) - log P(No) of rl.question (pointwise), and beside these
+# 'check:NAME' (a feedback/checks.py check, or check:package.module:function) and
+# 'package.module:function' (a user's (prompt, response) -> float, as TRL's reward_funcs).
+REWARDS = ('reward_model', 'judge', 'judge_yes_no')
 # How per-token losses become one number: over every real token of the minibatch (DAPO, and PPO
 # here), per response then over responses (GRPO's paper), or summed and divided by rows x the
 # response budget (Dr. GRPO: no length normalisation).
@@ -50,7 +54,9 @@ class RLConfig:
   kl_target: float = 0.0  # > 0: adaptive controller moves kl_coef so the sequence KL nears this
   kl_horizon: float = 10000.0  # the controller's horizon (in samples)
   missing_eos_penalty: float = 0.0  # subtracted from the score of a response that never stopped
-  reward: str = 'reward_model'  # the score: 'reward_model' (canonical RLAIF) or 'judge' (d-RLAIF)
+  reward: str = 'reward_model'  # the score: one reward term's name (REWARDS, check:NAME, module:fn)
+  rewards: tuple = ()  # ((name, weight), ...): a weighted sum of terms instead of `reward` alone
+  question: str = ''  # judge_yes_no's yes/no question about one response
   # online_dpo: two samples a prompt, labeled, then DPO steps (no reward model or value model needed)
   preference: str = 'scores'  # scores: P(a better) = s((score_a - score_b) / preference_temperature);
   #                             pairwise: the judge's debiased soft preference of the pair
@@ -67,8 +73,10 @@ class RLConfig:
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
       raise UserError(f'Unknown rl.algorithm {self.algorithm!r}; choose one of {ALGORITHMS}.')
-    if self.reward not in REWARDS:
-      raise UserError(f'Unknown rl.reward {self.reward!r}; choose one of {REWARDS}.')
+    terms = self.reward_terms  # unknown names, bad weights
+    if any(name == 'judge_yes_no' for name, _ in terms) and not self.question.strip():
+      raise UserError("rl.reward 'judge_yes_no' asks the judge a yes/no question about each "
+                      "response: set rl.question (e.g. 'Does the response use exclamation marks?').")
     if self.value_model not in ('shared', 'separate'):
       raise UserError(f"Unknown rl.value_model {self.value_model!r}; use 'shared' or 'separate'.")
     if min(self.epochs, self.minibatches, self.micro_batches) < 1:
@@ -83,7 +91,8 @@ class RLConfig:
     if self.algorithm == 'online_dpo' and self.samples_per_prompt != 2:
       raise UserError('rl.algorithm=online_dpo needs rl.samples_per_prompt=2 (each prompt\'s two '
                       'samples are the pair the judge labels).')
-    if self.algorithm == 'online_dpo' and self.preference == 'pairwise' and self.reward != 'judge':
+    if (self.algorithm == 'online_dpo' and self.preference == 'pairwise'
+        and terms != (('judge', 1.0),)):
       raise UserError("rl.preference='pairwise' asks the judge about each pair: set rl.reward='judge'.")
     if self.dpo_beta <= 0:
       raise UserError(f'rl.dpo_beta must be > 0, got {self.dpo_beta}.')
@@ -100,6 +109,27 @@ class RLConfig:
         raise UserError(f'Unknown rl.{name} {value!r}; choose one of {choices}.')
     if min(self.clip_eps, self.clip_eps_low, self.clip_eps_high) < 0:
       raise UserError('rl.clip_eps, rl.clip_eps_low and rl.clip_eps_high must be >= 0.')
+
+  @property
+  def reward_terms(self) -> tuple[tuple[str, float], ...]:
+    """((name, weight), ...) of the reward RL optimizes: rl.rewards, or rl.reward with weight 1."""
+    if not self.rewards:
+      reward_kind(self.reward, 'rl.reward')
+      return ((self.reward, 1.0),)
+    terms = []
+    for term in self.rewards:
+      if (not isinstance(term, (tuple, list)) or len(term) != 2 or not isinstance(term[0], str)
+          or isinstance(term[1], (bool, str)) or not isinstance(term[1], (int, float))):
+        raise UserError(f"rl.rewards entry {term!r} is not a (name, weight) pair; write e.g. "
+                        f"rl.rewards=(('judge_yes_no', 1.0), ('check:brevity', 0.05)).")
+      reward_kind(term[0], 'rl.rewards')
+      terms.append((term[0], float(term[1])))
+    names = [n for n, _ in terms]
+    if len(set(names)) < len(names):
+      raise UserError(f'rl.rewards names a term twice ({names}); give each term once with its weight.')
+    if not any(w for _, w in terms):
+      raise UserError('rl.rewards has no term with a non-zero weight; give at least one.')
+    return tuple(terms)
 
   @property
   def clip_range(self) -> tuple[float, float]:
@@ -126,6 +156,22 @@ class RLConfig:
       raise UserError(f'A micro-batch of {micro} {unit} does not split over the {batch_devices} '
                       f'devices of the mesh\'s batch axes (it would be copied to every device); make '
                       f'{unit} per micro-batch a multiple of {batch_devices}.')
+
+
+def reward_kind(name: str, key: str = 'rl.reward') -> str:
+  """What a reward term's name asks for: 'reward_model', 'judge', 'judge_yes_no', 'check' or
+  'function'; a one-line UserError naming `key` for a name of none of these forms (found from the
+  config alone; which checks exist and whether a function imports, `pipeline.preflight` checks)."""
+  if name in REWARDS:
+    return name
+  if name.startswith('check:') and len(name) > len('check:'):
+    return 'check'
+  module, sep, attr = name.partition(':')
+  if sep and attr.isidentifier() and all(p.isidentifier() for p in module.split('.')):
+    return 'function'
+  raise UserError(f"Unknown {key} {name!r}; use one of {', '.join(REWARDS)}, 'check:NAME' (a check "
+                  f"of feedback/checks.py) or 'package.module:function' taking (prompt, response) "
+                  f"-> float.")
 
 
 def values_from_first_step(cfg: RLConfig) -> bool:

@@ -97,4 +97,6 @@ class RLLoop:
         time_rollout=t1 - t0, time_scoring=t2 - t1, time_update=t3 - t2, seconds=total,
         share_rollout=(t1 - t0) / total, share_scoring=(t2 - t1) / total,
         share_update=(t3 - t2) / total)
+    for name, values in (rewards.terms or {}).items():  # each term (and monitored check) apart
+      metrics[f'reward/{name}'] = float(np.mean(values))
     return state, kl_control.next_kl_coef(cfg, kl_coef, metrics['kl'], len(scores)), metrics
