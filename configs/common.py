@@ -198,6 +198,9 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   # > 0: the checked effect also on this many sampled answers per held-out prompt, at rl.sampling's
   # temperature (the headline then; a rare property gives a greedy interval of 0-0)
   c.eval.samples_per_prompt = 0
+  # what the policy is compared with: 'reference' (RL's reference policy: sft/policy when an sft
+  # stage ran, else model.source) or 'source' (model.source: the effect of every stage together)
+  c.eval.baseline = 'reference'
   c.eval.judge = True  # False: the checked effect alone (no win rate or harmless rate: no judge)
   c.eval.human_pairs = ''  # optional JSONL of human-labeled pairs for judge-human alignment
   c.eval.human_pairs_limit = 0

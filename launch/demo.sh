@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The RLAIF demo on the embedded default model (SmolLM2-135M-Instruct), from a fresh clone, for a
 # principle with a programmatic check: the judge validated against the check on held-out pairs,
-# response pairs labeled by the judge (pointwise), the reward model, PPO, then the policy's checked
-# effect and the judge's win rate on held-out prompts, export. About 17 minutes on 2 CPU cores; stop
-# it any time and run it again to resume.
+# GRPO on the judge's pointwise yes/no score of each response (d-RLAIF; the check only monitored),
+# then the policy's checked effect on 8 sampled answers per held-out prompt and the judge's win
+# rate, export. About 16 minutes on 2 CPU cores; stop it any time and run it again to resume.
 # Extra arguments go to rlaif_jax.main, e.g.  bash launch/demo.sh --config.rl.iterations=40
 cd "$(dirname "$0")/.." || exit 1
 source launch/setup.sh || exit 1

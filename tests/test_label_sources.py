@@ -170,28 +170,35 @@ def test_compare_runs_each_source_in_its_own_workdir_and_tabulates_them(tmp_path
   from rlaif_jax.pipeline import compare
   config = smollm2_demo.get_config('compare')
   assert config.check and config.label.human == 'check' and tuple(config.compare) == (
-      'judge', 'human', 'hybrid')
+      'judge', 'human', 'hybrid', 'reward_function')
   seen = {}
 
   def run_stages(c, workdir):
+    ev = lambda effect: {'check': {'effect': effect, 'effect_ci95': [effect - 0.05, effect + 0.05],
+                                   'policy': 0.3, 'reference': 0.2, 'samples_per_prompt': 8},
+                         'win_rate': 0.5, 'win_rate_ci95': [0.4, 0.6]}
+    if 'label' not in c.stages:  # reward_function: RL on the check, no labels
+      seen['reward_function'] = (workdir, c.rl.reward, tuple(c.stages))
+      return {'rl': {}, 'eval': ev(0.3)}
     seen[c.label.source] = (workdir, c.label.human, c.label.human_budget, tuple(c.compare))
     n = {'judge': 0, 'human': 256, 'hybrid': c.label.human_budget}[c.label.source]
     effect = {'judge': 0.01, 'human': 0.2, 'hybrid': 0.1}[c.label.source]
     return {'label': {'human_labels': n, 'pairs': 256, 'check_agreement': 0.5 + n / 600,
                       'check_agreement_ci95': [0.4, 0.9]},
-            'reward_model': {'accuracy_check': 0.7, 'pairs_check': 40},
-            'eval': {'check': {'effect': effect, 'effect_ci95': [effect - 0.05, effect + 0.05],
-                               'policy': 0.3, 'reference': 0.2},
-                     'win_rate': 0.5, 'win_rate_ci95': [0.4, 0.6]}}
+            'reward_model': {'accuracy_check': 0.7, 'pairs_check': 40}, 'eval': ev(effect)}
   rows = compare.run(config, str(tmp_path), run_stages)
   budget = config.label.human_budget
   assert seen == {'judge': (str(tmp_path / 'judge'), '', 0, ()),
                   'human': (str(tmp_path / 'human'), 'check', 0, ()),
-                  'hybrid': (str(tmp_path / 'hybrid'), 'check', budget, ())}
+                  'hybrid': (str(tmp_path / 'hybrid'), 'check', budget, ()),
+                  'reward_function': (str(tmp_path / 'reward_function'), 'check:exclamations',
+                                      ('rl', 'eval'))}
   assert rows['human']['effect'] == 0.2 and rows['hybrid']['human_labels'] == budget
   table = (tmp_path / 'compare.md').read_text()
   assert f'| hybrid | {0.5 + budget / 600:.0%} (CI 40%-90%) | 0.700 (40 pairs) | +0.100 (CI 0.050-0.150)' in table
   assert '| human |' in table and 'standing in for annotators' in table
+  assert '| reward_function | - (no labels: RL on the check) | - | +0.300 (CI 0.250-0.350) |' in table
+  assert 'checked effect on 8 answers per held-out prompt' in table
   assert json.loads((tmp_path / 'compare.json').read_text())['judge']['human_labels'] == 0
   config.compare = ('judge', 'crowd')
   with pytest.raises(UserError, match='config.compare names label sources'):

@@ -225,6 +225,7 @@ def test_a_bug_in_the_library_keeps_its_traceback(tmp_path):
 
 @pytest.mark.parametrize('name, arg', [
     ('smollm2_demo', None), ('smollm2_demo', 'rlaif,sample'), ('smollm2_demo', 'compare'),
+    ('smollm2_demo', 'oracle'),
     ('tldr_summarization', None),
     ('tldr_summarization', 'drlaif'), ('hh_dialogue', None), ('tiny', None)])
 def test_every_config_builds_and_documents_its_command(name, arg):
@@ -233,7 +234,8 @@ def test_every_config_builds_and_documents_its_command(name, arg):
   c = module.get_config(arg)
   assert c.stages and set(c.stages) <= set(runner.STAGES)
   cfg = rl_config.RLConfig.from_config(c.rl)
-  assert cfg.reward == ('judge' if arg == 'drlaif' else 'reward_model')
+  assert cfg.reward == {'drlaif': 'judge', 'rlaif,sample': 'judge_yes_no',
+                        'oracle': 'check:exclamations'}.get(arg, 'reward_model')
   assert 'python -m rlaif_jax.main --config=configs/' in module.__doc__
   with pytest.raises(ValueError, match='option'):
     module.get_config('no_such_option')

@@ -119,6 +119,10 @@ def test_bad_reward_terms_are_clear_errors():
   config.rl.reward = 'tests.test_reward_functions:no_such_function'
   with pytest.raises(UserError, match='cannot be imported'):
     preflight.reward_functions(config)
+  from rlaif_jax.pipeline import checks, context
+  config.rl.reward, config.eval.baseline = 'check:brevity', 'start'
+  with pytest.raises(UserError, match="eval.baseline must be 'reference'"):
+    checks.check_config(config, context.STAGE_ORDER)
 
 
 def test_a_reward_function_that_returns_no_number_names_itself(tok):
@@ -197,7 +201,7 @@ def test_rl_on_a_check_with_sampled_eval_and_no_judge(tmp_path, tiny_hf_folder):
   config.rl.algorithm, config.rl.samples_per_prompt, config.rl.batch_size = 'grpo', 2, 4
   config.rl.rewards = (('check:brevity', 1.0), ('tests.test_reward_functions:shouted_words', 0.5))
   config.rl.iterations = 4
-  config.eval.judge, config.eval.samples_per_prompt = False, 3
+  config.eval.judge, config.eval.samples_per_prompt, config.eval.baseline = False, 3, 'source'
   config.eval.sampling.temperature = 0.0
   summaries = runner.run_stages(config, str(tmp_path))
   rows = metrics.read(str(tmp_path), 'rl')
@@ -208,6 +212,7 @@ def test_rl_on_a_check_with_sampled_eval_and_no_judge(tmp_path, tiny_hf_folder):
                                         0.5 * r['reward/tests.test_reward_functions:shouted_words'],
                                         rel=1e-5, abs=1e-5)
   ev = summaries['eval']
+  assert ev['reference_from'] == tiny_hf_folder  # eval.baseline='source'
   assert 'win_rate' not in ev and 'harmless_rate_policy' not in ev  # eval.judge=False
   assert ev['check']['samples_per_prompt'] == 3 and ev['check']['temperature'] == 1.0
   assert ev['check_greedy']['samples_per_prompt'] == 1 and ev['check']['prompts'] == 8

@@ -52,6 +52,9 @@ def check_config(config: ml_collections.ConfigDict, stages: tuple[str, ...]) -> 
                     "of feedback/checks.py's or 'package.module:function').")
   if 'label' in run:
     _check_label(config)
+  if 'eval' in run and config.eval.get('baseline', 'reference') not in ('reference', 'source'):
+    raise UserError(f"eval.baseline must be 'reference' (RL's reference policy) or 'source' "
+                    f"(model.source), got {config.eval.baseline!r}.")
   if 'eval' in run and config.eval.human_pairs:
     _exists(config.eval.human_pairs, 'eval.human_pairs')
 

@@ -16,6 +16,7 @@ from rlaif_jax.data import human_pairs
 from rlaif_jax.feedback import alignment, checks, validation
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import metrics, storage
+from rlaif_jax.infra.progress import Progress
 from rlaif_jax.pipeline import report, training_loop
 from rlaif_jax.pipeline.context import RunContext
 from rlaif_jax.infra.errors import UserError
@@ -44,7 +45,7 @@ def responses_of_both(ctx: RunContext, prompts: list[str], samples: int = 0
   responses, sampled = {}, {}
   for (name, reference, key), k_many in zip((('policy', False, k_policy), ('reference', True, k_ref)),
                                             k_sampled):
-    model, tokenizer = ctx.policy(reference=reference, frozen=True)
+    model, tokenizer = baseline(ctx) if reference else ctx.policy(frozen=True)
     generate = text_lib.TextGenerator(model, tokenizer, ctx.mesh)
     responses[name] = generate(prompts, settings, key)
     if samples:
@@ -53,15 +54,32 @@ def responses_of_both(ctx: RunContext, prompts: list[str], samples: int = 0
   return responses, sampled
 
 
+def baseline(ctx: RunContext):
+  """(model, tokenizer) that eval compares the policy with: RL's reference policy (eval.baseline=
+  'reference': sft/policy when an sft stage ran, else model.source), or the model the run started
+  from ('source': every stage's effect together)."""
+  if ctx.config.eval.baseline == 'source':
+    return ctx.load(ctx.config.model.source, frozen=True, what='policy')
+  return ctx.policy(reference=True, frozen=True)
+
+
+def baseline_from(ctx: RunContext) -> str:
+  if ctx.config.eval.baseline == 'source':
+    return str(ctx.config.model.source)
+  return str(ctx.policy_dir(reference=True) or ctx.config.model.source)
+
+
 def in_chunks(generate: text_lib.TextGenerator, prompts: list[str], settings, key: jax.Array,
               rows: int = SAMPLE_ROWS) -> list[str]:
   """`generate` over the prompts SAMPLE_ROWS at a time (one compiled shape: the last chunk is
   filled with its last prompt), a key folded per chunk."""
   out, rows = [], min(rows, len(prompts))
+  progress = Progress('eval', len(prompts), unit='sampled answer')
   for i, start in enumerate(range(0, len(prompts), rows)):
     chunk = prompts[start:start + rows]
     texts = generate(chunk + [chunk[-1]] * (rows - len(chunk)), settings, jax.random.fold_in(key, i))
     out += texts[:len(chunk)]
+    progress.update(len(out))
   return out
 
 
@@ -79,7 +97,7 @@ def run_stage(ctx: RunContext) -> dict[str, Any]:
   samples = c.samples_per_prompt if ctx.config.check else 0
   responses, sampled = responses_of_both(ctx, prompts, samples)
   out = {'prompts': len(prompts), 'policy_from': str(ctx.policy_dir() or ctx.config.model.source),
-         'reference_from': str(ctx.policy_dir(reference=True) or ctx.config.model.source)}
+         'reference_from': baseline_from(ctx)}
   p_policy_better = [float('nan')] * len(prompts)
   if c.judge:
     judge = ctx.judge()

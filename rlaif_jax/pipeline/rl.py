@@ -83,7 +83,8 @@ def train(ctx: RunContext, cfg: RLConfig, iteration: rl_loop.RLLoop, tokenizer, 
                                               jax.random.fold_in(key, i))
       guard.check(i + 1, m['skipped'])
       writer.write(i + 1, m)
-      progress.update(i + 1, {k: m[k] for k in ('reward', 'kl', 'entropy')})
+      progress.update(i + 1, {k: m[k] for k in ('reward', 'kl', 'entropy', *(  # the check too
+          k for k in m if k.startswith('reward/check:')))})
       meta = {'kl_coef': kl_coef, 'data': batches.get_state()}
       tree = {'train': state, 'key': np.asarray(jax.random.key_data(key))}
       ckpt.save(i + 1, tree, meta, force=i + 1 == c.iterations)
