@@ -116,7 +116,8 @@ def prefill(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.A
   positions = model_lib.positions_from_mask(prompt_valid)
   prefill_mask = model_lib.causal_mask(prompt_valid)
   prefill_mask = jnp.concatenate([prefill_mask, jnp.zeros((b, p, n), bool)], axis=2)
-  out = model(prompt, positions, prefill_mask, cache, last_only=True, prefill=True)
+  out = model(prompt, positions, prefill_mask, cache, last_only=True, prefill=True,
+              valid=prompt_valid)
   key, step_key = jax.random.split(key)
   token, logp = choose(out.logits[:, -1], step_key, cfg)
   return Decoding(i=jnp.int32(1), cache=out.cache, key_valid=key_valid,

@@ -41,6 +41,9 @@ def to_dtype(name: str | Any) -> Any:
 
 ACTIVATIONS = ('silu', 'gelu_tanh', 'gelu')  # of the gated MLP: SwiGLU, GeGLU (tanh or exact GELU)
 LAYER_TYPES = ('full', 'sliding')  # attention over every earlier token, or the last sliding_window
+# of the full-sequence passes; auto: by backend (CPU xla, GPU dot_product, TPU splash), see
+# models.attention
+ATTENTION_KERNELS = ('auto', 'xla', 'dot_product', 'splash')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +80,7 @@ class ModelConfig:
   scalar_head: bool = False  # adds a [E] -> [] head on the final hidden state
   lm_head: bool = True  # False for scalar-only models (reward, value): no [E, V] head, no logits
   remat: str = 'none'  # what a block keeps for its backward pass: see REMAT_POLICIES
+  attention: str = 'auto'  # full-sequence attention kernel: see models.attention.KERNELS
   scan_layers: bool = False  # blocks stacked [L, ...] and run by one lax.scan (compiled once)
   logit_chunk_rows: int = 0  # rows per chunk of the LM-head log-probs; 0 = by vocabulary size
   lora_rank: int = 0  # > 0: LoRA adapters of this rank on lora_targets (models/lora.py)
@@ -102,6 +106,9 @@ class ModelConfig:
     if self.lora_rank < 0 or set(self.lora_targets) - {'q', 'k', 'v', 'o', 'gate', 'up', 'down'}:
       raise UserError(f'LoRA needs rank >= 0 and targets among q, k, v, o, gate, up, down; got rank '
                       f'{self.lora_rank}, targets {self.lora_targets}.')
+    if self.attention not in ATTENTION_KERNELS:
+      raise UserError(f'Unknown attention kernel {self.attention!r}; use one of '
+                      f'{", ".join(ATTENTION_KERNELS)} (--config.model.attention).')
     if self.remat not in REMAT_POLICIES:
       raise UserError(f'Unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}.')
 

@@ -17,7 +17,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from rlaif_jax.infra import sharding as shd
 from rlaif_jax.infra.errors import UserError
-from rlaif_jax.models import dots, lora
+from rlaif_jax.models import attention, dots, lora
 from rlaif_jax.models.config import ModelConfig, to_dtype
 
 
@@ -186,6 +186,24 @@ class Attention(nnx.Module):
     probs = jax.nn.softmax(self._scores(scores, mask), axis=-1).astype(dt)
     out = jnp.einsum('bkqs,bksd->bkqd', probs.reshape(b, kvh, g * t, -1), v.astype(dt))
     return self.output(out.reshape(b, kvh, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d))
+
+  def kernel(self) -> str:
+    """The kernel of this model's full-sequence attention (models.attention.resolve)."""
+    return attention.resolve(self.cfg.attention, softcap=self.cfg.attn_softcap)
+
+  def attend_fused(self, q, k, v, valid, sliding):
+    """`attend` through the fused kernel: causal over each row's real tokens (valid [B, T], one
+    contiguous run), within the sliding window when `sliding` (a Python bool, or a traced one in a
+    layer scan: both variants compiled, one run) -> [B, T, E]."""
+    cfg = self.cfg
+    run = lambda window: attention.fused(self.kernel(), q, k, v, valid, scale=self.scale,
+                                         softcap=cfg.attn_softcap, window=window,
+                                         rules=cfg.logical_axis_rules)
+    if isinstance(sliding, bool) or not cfg.sliding_window:
+      out = run(cfg.sliding_window if sliding is True else 0)
+    else:
+      out = jax.lax.cond(sliding, lambda: run(cfg.sliding_window), lambda: run(0))
+    return self.output(out.astype(to_dtype(cfg.dtype)))
 
   def attend_cache(self, q, k_cache, v_cache, mask):
     """Decode: q [B, T, H, D] (T small) over k_cache [B, K, D, S] and v_cache [B, K, S, D]."""

@@ -111,15 +111,21 @@ class Block(nnx.Module):
     self.rules, self.sandwich = cfg.logical_axis_rules, cfg.sandwich_norms
 
   def __call__(self, x, positions, mask, inv_freq, cache: KVCache | None = None,
-               layer: int | jax.Array = 0, prefill: bool = False):
+               layer: int | jax.Array = 0, prefill: bool = False, valid: jax.Array | None = None,
+               sliding: bool | jax.Array | None = None):
     """mask [B, T, S] (already windowed for a sliding layer) and inv_freq [D/2] are this layer's,
-    inputs so that a layer scan can feed each layer its own."""
+    inputs so that a layer scan can feed each layer its own. valid [B, T]: the mask is causal over
+    these real tokens (see `Transformer.__call__`), so a fused kernel may attend (`sliding`: this
+    layer's type, traced in a layer scan)."""
     q, k, v = self.attn.project(self.attn_norm(x), positions, inv_freq)
+    fused = valid is not None and (cache is None or prefill) and self.attn.kernel() != 'xla'
+    sliding = self.layer_type == 'sliding' if sliding is None else sliding
     if cache is None:
-      a = self.attn.attend(q, k, v, mask)
+      a = self.attn.attend_fused(q, k, v, valid, sliding) if fused else self.attn.attend(q, k, v, mask)
     elif prefill:  # empty cache: attend within the chunk (no masked cache slots), then store it
       cache = cache.write(layer, k.swapaxes(2, 3), v)
-      a = self.attn.attend(q, k, v, mask[:, :, :x.shape[1]])
+      a = (self.attn.attend_fused(q, k, v, valid, sliding) if fused else
+           self.attn.attend(q, k, v, mask[:, :, :x.shape[1]]))
     else:  # decode: write this chunk into the cache in place, attend over the whole cache
       cache = cache.write(layer, k.swapaxes(2, 3), v)
       a = self.attn.attend_cache(q, *cache.layer(layer), mask)
@@ -133,8 +139,8 @@ class Block(nnx.Module):
     return shd.constrain(x, ('batch', 'length', 'act_embed'), self.rules), cache
 
 
-def _block_without_cache(layer: Block, x, positions, mask, inv_freq):
-  return layer(x, positions, mask, inv_freq)[0]
+def _block_without_cache(layer: Block, x, positions, mask, inv_freq, valid):
+  return layer(x, positions, mask, inv_freq, valid=valid)[0]
 
 
 def stack_blocks(blocks: list[Block]) -> Block:
@@ -173,13 +179,13 @@ class Transformer(nnx.Module):
       self.scalar_head = param(rngs, (cfg.hidden_size,), ('embed',), cfg)
       self.scalar_bias = nnx.Param(jnp.zeros((), to_dtype(cfg.param_dtype)), logical_axes=())
 
-  def _layers(self, x, positions, masks, cache, prefill):
-    return _run_layers(self, x, positions, masks, cache, prefill)
+  def _layers(self, x, positions, masks, cache, prefill, valid):
+    return _run_layers(self, x, positions, masks, cache, prefill, valid)
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, mask: jax.Array,
                cache: KVCache | None = None, last_only: bool = False,
                prefill: bool = False, outputs_from: int = 0,
-               query_slots: jax.Array | None = None) -> Output:
+               query_slots: jax.Array | None = None, valid: jax.Array | None = None) -> Output:
     """tokens, positions: [B, T] int32; mask: [B, T, S] bool, S = T or the cache length.
 
     prefill: the cache is empty and this call fills its positions 0..T-1 (attention then stays
@@ -190,6 +196,9 @@ class Transformer(nnx.Module):
     query_slots: [T] cache slots the new tokens count as for sliding windows (default: where they
       are written); option scoring packs several answers after one prompt and counts each from
       the prompt's end.
+    valid: [B, T] bool, given when `mask` is `causal_mask(valid)` (one contiguous run of real
+      tokens a row) and the pass has no filled cache: attention may then run through the fused
+      kernel of config.attention (models/attention.py) instead of the dense mask.
     """
     cfg, dt, rules = self.cfg, to_dtype(self.cfg.dtype), self.cfg.logical_axis_rules
     x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
@@ -201,7 +210,7 @@ class Transformer(nnx.Module):
       start = 0 if cache is None or prefill else cache.index
       slots = start + jnp.arange(tokens.shape[1], dtype=jnp.int32) if query_slots is None else query_slots
       masks['sliding'] = windowed(mask, cfg.sliding_window, slots)
-    x, cache = self._layers(x, positions, masks, cache, prefill)
+    x, cache = self._layers(x, positions, masks, cache, prefill, valid)
     h = self.final_norm(x[:, -1:] if last_only else x[:, outputs_from:])
     logits = None
     if cfg.lm_head:
@@ -218,7 +227,7 @@ class Transformer(nnx.Module):
     return Output(logits, h, values, cache)
 
 
-def _run_layers(model: Transformer, x, positions, masks, cache, prefill):
+def _run_layers(model: Transformer, x, positions, masks, cache, prefill, valid=None):
   """The blocks one after another: a Python loop, or with `scan_layers` one `lax.scan` over the
   stacked blocks (compiled once whatever the depth), each layer fed its rotary frequencies and mask
   (masks: {layer type: [B, T, S]}). Training (no cache) with a remat policy recomputes what the
@@ -230,9 +239,10 @@ def _run_layers(model: Transformer, x, positions, masks, cache, prefill):
     for i, layer in enumerate(model.layers):
       t = layer.layer_type
       if remat is not None:
-        x = nnx.remat(_block_without_cache, policy=remat)(layer, x, positions, masks[t], inv[t])
+        x = nnx.remat(_block_without_cache, policy=remat)(layer, x, positions, masks[t], inv[t],
+                                                          valid)
       else:
-        x, cache = layer(x, positions, masks[t], inv[t], cache, i, prefill)
+        x, cache = layer(x, positions, masks[t], inv[t], cache, i, prefill, valid)
     return x, cache
   sliding = jnp.asarray([cfg.layer_type(i) == 'sliding' for i in range(cfg.num_layers)])
   xs = (sliding, jnp.arange(cfg.num_layers, dtype=jnp.int32))
@@ -246,7 +256,8 @@ def _run_layers(model: Transformer, x, positions, masks, cache, prefill):
       mask = jnp.where(is_sliding, masks['sliding'], masks['full'])
       inv_freq = jnp.where(is_sliding, inv['sliding'], inv['full'])
     block = nnx.merge(graphdef, params_i)
-    return block(x, positions, mask, inv_freq, cache, i, prefill), None
+    sliding = is_sliding if len(masks) > 1 else False
+    return block(x, positions, mask, inv_freq, cache, i, prefill, valid, sliding), None
 
   if remat is not None:
     body = jax.checkpoint(body, policy=remat, prevent_cse=False)
@@ -306,4 +317,5 @@ def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
 def forward(model: Transformer, tokens: jax.Array, valid: jax.Array, outputs_from: int = 0) -> Output:
   """Full forward pass over a padded batch. tokens, valid: [B, T]; outputs for positions
   outputs_from.. only."""
-  return model(tokens, positions_from_mask(valid), causal_mask(valid), outputs_from=outputs_from)
+  return model(tokens, positions_from_mask(valid), causal_mask(valid), outputs_from=outputs_from,
+               valid=valid)
