@@ -49,6 +49,10 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'  # float32 | bfloat16: matmul/activation dtype
   c.model.frozen_param_dtype = ''  # '' | float32 | bfloat16
   c.model.remat = 'none'  # none | dots | full: what each block keeps for the backward pass
+  # Attention of the full-sequence passes (training forward, prefill): auto = by backend (CPU: the
+  # dense XLA path; GPU: jax.nn.dot_product_attention, cuDNN flash; TPU: Pallas splash attention),
+  # or xla | dot_product | splash (models/attention.py). Decoding keeps the dense path.
+  c.model.attention = 'auto'
   # Blocks stacked [L, ...] and run by one lax.scan: compiled once whatever the depth (same numbers,
   # same HF import/export); False = a Python loop over the blocks.
   c.model.scan_layers = True

@@ -52,16 +52,24 @@ GEMMA_3_4B = dict(model_type='gemma3_text', vocab_size=262208, hidden_size=2560,
                   rope_local_base_freq=10000.0, rope_scaling=dict(rope_type='linear', factor=8.0),
                   hidden_activation='gelu_pytorch_tanh', rms_norm_eps=1e-6,
                   tie_word_embeddings=True, max_position_embeddings=131072)
+# config.json of Qwen/Qwen3-8B: q/k norms, 36 layers, 32 heads over 8 key/value heads, untied head
+QWEN3_8B = dict(model_type='qwen3', vocab_size=151936, hidden_size=4096, intermediate_size=12288,
+                num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                rope_theta=1000000.0, tie_word_embeddings=False, max_position_embeddings=40960,
+                rms_norm_eps=1e-6, hidden_act='silu')
 TINY = dict(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=128, tie_word_embeddings=False)
 SIZES = {'llama1b': LLAMA_3_2_1B, 'llama8b': LLAMA_3_1_8B, 'qwen7b': QWEN2_5_7B,
          'gemma4b': GEMMA_3_4B, 'tiny': TINY}
+LONG = {'qwen3_8b_grpo_8k': (QWEN3_8B, 8192), 'tiny_grpo_long': (TINY, 2048)}  # (shapes, response)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   size = arg or 'llama8b'
+  if size in LONG:
+    return long_responses(*LONG[size])
   if size not in SIZES:
-    raise ValueError(f'Unknown size {size!r}; choose one of {sorted(SIZES)}.')
+    raise ValueError(f'Unknown size {size!r}; choose one of {sorted(SIZES) + sorted(LONG)}.')
   tiny = size == 'tiny'
   c = common.pipeline('/path/to/policy_checkpoint')  # set the real folders to run, not to plan
   c.stages = ('label', 'reward_model', 'rl')
@@ -89,4 +97,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rl.minibatches = 1
   c.rl.prompt_length = 32 if tiny else 512
   c.rl.sampling = common.sampling(32 if tiny else 256, temperature=0.7)
+  return c
+
+
+def long_responses(shapes: dict, response_tokens: int) -> ml_collections.ConfigDict:
+  """GRPO with long responses (reasoning RL): 8 prompts x 8 samples of `response_tokens` after
+  512-token prompts, a programmatic reward (no reward model, no judge: a verifier's place), the k3
+  KL to the bfloat16 reference in the loss, full rematerialization, FSDP over every chip. The
+  attention kernel (model.attention; on TPU 'auto' is Pallas splash) is what keeps the update's
+  temporaries linear in the sequence: compare --config.model.attention=xla."""
+  c = common.pipeline('/path/to/policy_checkpoint')
+  c.stages = ('rl',)
+  c.model.architecture = ml_collections.ConfigDict(shapes)
+  c.model.param_dtype, c.model.dtype, c.model.frozen_param_dtype = 'float32', 'bfloat16', 'bfloat16'
+  c.model.remat = 'full'
+  c.mesh = common.mesh(data=1, fsdp=-1, tensor=1)
+  c.rl.algorithm, c.rl.samples_per_prompt, c.rl.batch_size = 'grpo', 8, 8
+  c.rl.reward = 'check:brevity'  # stands in for a verifier; host-side, no weights
+  c.rl.kl_in, c.rl.kl_estimator, c.rl.kl_coef = 'loss', 'k3', 0.001
+  c.rl.epochs, c.rl.minibatches = 1, 1
+  c.rl.prompt_length = 512 if response_tokens > 1024 else 64
+  c.rl.sampling = common.sampling(response_tokens, temperature=1.0)
   return c

@@ -203,3 +203,26 @@ def test_loops_are_counted_as_often_as_they_run():
   np.testing.assert_allclose(grad[0], grad_flat[0], rtol=0.02)
   # no loops: the factors are 1
   assert cost(unrolled)[0] == flat
+
+
+def test_long_responses_plan_splash_attention_into_the_update_and_its_temporaries_shrink():
+  """configs/pod_plans.py's long-response GRPO plan (tiny shapes, 64 + 2048 tokens): on the TPU
+  target 'auto' compiles Pallas splash attention into the update, the prefill and the scoring; the
+  dense path's [B, K, G, T, S] scores make the update's temporaries several times larger."""
+  plans = {}
+  for kernel in ('auto', 'xla'):
+    config = pod_plans.get_config('tiny_grpo_long')
+    config.mesh.update(data=1, fsdp=4, tensor=1)
+    config.rl.batch_size, config.rl.samples_per_prompt = 2, 2  # a row per chip: compiles faster
+    config.model.attention = kernel
+    plans[kernel] = plan_stages.make_plan(config, 'v5e:2x2')
+  fused, dense = update_step(plans['auto']), update_step(plans['xla'])
+  assert 'grpo update' in fused.name and fused.pallas_calls > 0 and dense.pallas_calls == 0
+  assert {s.name for s in plans['auto'].steps if s.pallas_calls} >= {
+      'rollout prefill', 'score: reference log-probs', fused.name}
+  # decoding keeps the dense path (one query row over the cache)
+  assert not [s for s in plans['auto'].steps if 'decode' in s.name and s.pallas_calls]
+  assert dense.temporaries > 3 * fused.temporaries, (dense.temporaries, fused.temporaries)
+  config.model.attention = 'auto'
+  text = plan_table.format_plan(plans['auto'], config)
+  assert 'attention splash' in text and 'Pallas kernels' in text

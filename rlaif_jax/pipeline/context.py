@@ -72,6 +72,7 @@ class RunContext:
     stored = param_dtype or (m.frozen_param_dtype if frozen else '') or m.param_dtype
     overrides = dict(scalar_head=scalar_head, lm_head=lm_head, param_dtype=stored,
                      dtype=dtype or m.dtype, remat=m.remat, scan_layers=m.scan_layers,
+                     attention=m.get('attention', 'auto'),
                      logit_chunk_rows=m.get('logit_chunk_rows', 0),
                      **(dict(lora_rank=m.lora_rank, lora_alpha=m.lora_alpha,
                              lora_targets=tuple(m.lora_targets)) if lora else {}),

@@ -80,6 +80,7 @@ class Step:
   flops: float = 0.0
   bytes_accessed: float = 0.0
   error: str = ''  # the compiler's refusal (usually: out of HBM), when it refused
+  pallas_calls: int = 0  # Pallas (Mosaic) kernels in the compiled program: splash attention
 
   @property
   def total(self) -> int:
@@ -115,7 +116,9 @@ def compile_step(step: Step, fn: Callable, args: Sequence[Any], mesh: jax.shardi
   step.arguments, step.outputs = mem.argument_size_in_bytes, mem.output_size_in_bytes
   step.aliased, step.temporaries = mem.alias_size_in_bytes, mem.temp_size_in_bytes
   flops, bytes_ = _cost(compiled)
-  flops_factor, bytes_factor = loops.loop_factors(compiled.as_text())
+  text = compiled.as_text()
+  step.pallas_calls = text.count('custom_call_target="tpu_custom_call"')
+  flops_factor, bytes_factor = loops.loop_factors(text)
   step.flops, step.bytes_accessed = flops * flops_factor, bytes_ * bytes_factor
   print(f'[plan] {step.stage} / {step.name}: compiled in {t1 - t0:.0f} s (loops counted in '
         f'{time.time() - t1:.1f} s)', flush=True)

@@ -21,6 +21,7 @@ from rlaif_jax.feedback.requests import JudgeConfig
 from rlaif_jax.generation import sampler, scoring
 from rlaif_jax.generation import text as text_lib
 from rlaif_jax.infra import sharding as shd
+from rlaif_jax.models import attention
 from rlaif_jax.plan.chips import Chip, topology_devices
 from rlaif_jax.plan.analysis import (S, Step, abstract_arrays, abstract_key, abstract_model,
                                      compile_step, decoding_shardings, device_bytes,
@@ -79,7 +80,8 @@ def plan_models(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> P
   rules = shd.rules_from_config(config.logical_axis_rules)
   m, j = config.model, config.judge
   common = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, logical_axis_rules=rules,
-                scan_layers=m.scan_layers, logit_chunk_rows=m.get('logit_chunk_rows', 0))
+                scan_layers=m.scan_layers, logit_chunk_rows=m.get('logit_chunk_rows', 0),
+                attention=attention.resolve(m.get('attention', 'auto'), 'tpu'))  # the target's
   frozen = m.get('frozen_param_dtype') or m.param_dtype
   rl_cfg = RLConfig.from_config(config.rl)
   shared_head = rl_cfg.algorithm == 'ppo' and rl_cfg.value_model == 'shared'
@@ -223,9 +225,10 @@ def rl_steps(p: Planning) -> list[Step]:
   # (adapters off), so nothing more stays on the chips
   own_reference = p.policy.cfg.lora_rank and 'sft' not in p.config.stages
   w_policy = 0 if own_reference else p.weights(p.reference)
-  scorer_weights = (p.weights(p.frozen_reward) if p.rl.reward == 'reward_model'
-                    else p.weights(p.judge))
-  others = w_policy + scorer_weights  # the reference and the reward source stay on the chips
+  kinds = {reward_kind(name) for name, _ in p.rl.reward_terms}  # text functions hold no weights
+  scorer_weights = ((p.weights(p.frozen_reward) if 'reward_model' in kinds else 0)
+                    + (p.weights(p.judge) if kinds & {'judge', 'judge_yes_no'} else 0))
+  others = w_policy + scorer_weights  # the reference and the reward sources stay on the chips
   n = c.sampling.max_new_tokens
   response = (S((rows, c.prompt_length), jnp.int32), S((rows, c.prompt_length), bool),
               S((rows, n), jnp.int32), S((rows, n), bool))

@@ -7,6 +7,7 @@ import math
 
 import ml_collections
 
+from rlaif_jax.models import attention
 from rlaif_jax.plan.chips import GiB, HEADROOM
 from rlaif_jax.plan.stages import Plan
 from rlaif_jax.plan.analysis import Step
@@ -66,7 +67,8 @@ def format_plan(plan: Plan, config: ml_collections.ConfigDict) -> str:
            f'{chip.bandwidth / 1e9:.0f} GB/s each), mesh {mesh}, MFU {mfu:.0%}, remat '
            f'{config.model.remat}, {config.model.param_dtype} trained parameters, '
            f'{config.model.get("frozen_param_dtype") or config.model.param_dtype} frozen ones, '
-           f'{config.model.dtype} compute',
+           f'{config.model.dtype} compute, attention '
+           f'{attention.resolve(config.model.get("attention", "auto"), "tpu")}',
            'models: ' + ', '.join(f'{k} {b:.2f}B params ({_gib(d)} GiB/device)'
                                   for k, (b, d) in plan.models.items()), '']
   head = ('stage', 'step', 'x', 'args GiB', 'out GiB', 'temp GiB', 'other models GiB',
@@ -93,6 +95,11 @@ def format_plan(plan: Plan, config: ml_collections.ConfigDict) -> str:
       t = sum(s.count * s.seconds(chip, mfu) for s in mine)
       lines.append(f'{stage}: about {_seconds(t)} {unit} (each step at {mfu:.0%} MFU or at HBM '
                    f'bandwidth, whichever is slower)')
+  fused = [s.name for s in plan.steps if s.pallas_calls]
+  if fused:  # Pallas calls carry no cost estimate: XLA's FLOP count leaves them out
+    lines.append(f'Attention runs in Pallas kernels in {len(fused)} steps ({", ".join(fused)}); '
+                 f'their FLOPs are not in the counts above (XLA counts no FLOPs in a kernel), so '
+                 f'long-sequence steps take longer than their times say.')
   bad = [s for s in plan.steps if not s.fits(chip)]
   lines.append('')
   if not bad:
