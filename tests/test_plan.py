@@ -206,7 +206,7 @@ def test_loops_are_counted_as_often_as_they_run():
 
 
 def test_long_responses_plan_splash_attention_into_the_update_and_its_temporaries_shrink():
-  """configs/pod_plans.py's long-response GRPO plan (tiny shapes, 64 + 2048 tokens): on the TPU
+  """configs/pod_plans.py's long-response GRPO plan (tiny shapes, 512 + 2048 tokens): on the TPU
   target 'auto' compiles Pallas splash attention into the update, the prefill and the scoring; the
   dense path's [B, K, G, T, S] scores make the update's temporaries several times larger."""
   plans = {}
