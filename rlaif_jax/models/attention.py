@@ -31,8 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from rlaif_jax.infra import sharding as shd
-from rlaif_jax.infra.errors import UserError
-from rlaif_jax.models.config import ATTENTION_KERNELS as KERNELS
+from rlaif_jax.models.config import check_attention
 
 BY_PLATFORM = {'gpu': 'dot_product', 'cuda': 'dot_product', 'rocm': 'dot_product', 'tpu': 'splash'}
 SPLASH_BLOCK = 512  # the splash kernel's tile along the sequence (MaxText's default), or the
@@ -50,9 +49,7 @@ def resolve(kernel: str, target: str | None = None, softcap: float = 0.0) -> str
   """The kernel a model's full-sequence attention runs: `kernel` (model.attention), with 'auto' chosen
   by the `target` platform (default: `platform()`, the traced program's). dot_product has
   no soft-capping, so a soft-capped model keeps the dense path there."""
-  if kernel not in KERNELS:
-    raise UserError(f'Unknown attention kernel {kernel!r}; use one of {", ".join(KERNELS)} '
-                    f'(--config.model.attention).')
+  check_attention(kernel)
   if kernel == 'auto':
     kernel = BY_PLATFORM.get(target or platform(), 'xla')
   if kernel == 'dot_product' and softcap:
@@ -91,7 +88,7 @@ def _dot_product(q, k, v, valid, *, scale, softcap, window):
   lengths = jnp.sum(valid, axis=1, dtype=jnp.int32)
   start = jnp.argmax(valid, axis=1).astype(jnp.int32)  # left padding of each row
   rolled = [_roll_rows(x, start) for x in (q, k.swapaxes(1, 2), v.swapaxes(1, 2))]
-  cudnn = platform() in ('gpu', 'cuda', 'rocm') and q.dtype in (jnp.bfloat16, jnp.float16)
+  cudnn = BY_PLATFORM.get(platform()) == 'dot_product' and q.dtype in (jnp.bfloat16, jnp.float16)
   out = jax.nn.dot_product_attention(
       *rolled, scale=scale, is_causal=True, query_seq_lengths=lengths,
       key_value_seq_lengths=lengths, local_window_size=(window - 1, 0) if window else None,

@@ -46,6 +46,12 @@ LAYER_TYPES = ('full', 'sliding')  # attention over every earlier token, or the 
 ATTENTION_KERNELS = ('auto', 'xla', 'dot_product', 'splash')
 
 
+def check_attention(kernel: str) -> None:
+  if kernel not in ATTENTION_KERNELS:
+    raise UserError(f'Unknown attention kernel {kernel!r}; use one of '
+                    f'{", ".join(ATTENTION_KERNELS)} (--config.model.attention).')
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Architecture of one decoder model (what a Hugging Face `config.json` describes). The defaults
@@ -106,9 +112,7 @@ class ModelConfig:
     if self.lora_rank < 0 or set(self.lora_targets) - {'q', 'k', 'v', 'o', 'gate', 'up', 'down'}:
       raise UserError(f'LoRA needs rank >= 0 and targets among q, k, v, o, gate, up, down; got rank '
                       f'{self.lora_rank}, targets {self.lora_targets}.')
-    if self.attention not in ATTENTION_KERNELS:
-      raise UserError(f'Unknown attention kernel {self.attention!r}; use one of '
-                      f'{", ".join(ATTENTION_KERNELS)} (--config.model.attention).')
+    check_attention(self.attention)
     if self.remat not in REMAT_POLICIES:
       raise UserError(f'Unknown remat policy {self.remat!r}; choose one of {sorted(REMAT_POLICIES)}.')
 

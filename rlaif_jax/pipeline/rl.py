@@ -25,7 +25,7 @@ from rlaif_jax.pipeline import preflight, reward_model, training_loop
 from rlaif_jax.pipeline.context import DONE, RunContext
 from rlaif_jax.rl import loop as rl_loop
 from rlaif_jax.rl import reward_functions, rewards
-from rlaif_jax.rl.config import RLConfig, reward_kind
+from rlaif_jax.rl.config import RLConfig
 from rlaif_jax.training import state as state_lib
 
 
@@ -33,7 +33,7 @@ def reward_source_and_value_model(ctx: RunContext, cfg: RLConfig, tokenizer: Any
   """(the reward rl.reward / rl.rewards names, the separate value model or None). The value model
   starts from the reward model, as in TRL. config.check, when set, is monitored beside the reward
   (logged per iteration as reward/check:NAME, weight 0) so that reward hacking shows."""
-  kinds = {reward_kind(name) for name, _ in cfg.reward_terms}
+  kinds = cfg.reward_kinds
   reward_args, value_model = {'tokenizer': tokenizer}, None
   if 'reward_model' in kinds or cfg.value_model == 'separate':
     source = ctx.config.reward_model.source

@@ -28,7 +28,7 @@ from rlaif_jax.plan.analysis import (S, Step, abstract_arrays, abstract_key, abs
                                      model_config, params_bytes)
 from rlaif_jax.rl import rewards
 from rlaif_jax.rl import update as update_lib
-from rlaif_jax.rl.config import RLConfig, reward_kind, values_from_first_step
+from rlaif_jax.rl.config import RLConfig, values_from_first_step
 from rlaif_jax.rl.rollout import Rollout
 from rlaif_jax.training import reward_model as rm
 from rlaif_jax.training import state as state_lib
@@ -182,7 +182,7 @@ def rl_scoring_steps(p: Planning, response: tuple, w_state: int, w_policy: int, 
       return fn, (abstract_arrays(nnx.state(critic(q))), *response)
     steps.append(compile_built(
         p, Step('rl', 'score: old values', 1, w_state - p.weights(critic(p)) + others), old_values))
-  kinds = {reward_kind(name) for name, _ in p.rl.reward_terms}  # text functions run on the host
+  kinds = p.rl.reward_kinds  # text functions run on the host
   if 'reward_model' in kinds:
     def reward(q: Planning):
       fn = rewards.reward_model_rewards(q.frozen_reward, None, q.mesh, rm.RewardStats(0.0, 1.0)).jitted
@@ -225,7 +225,7 @@ def rl_steps(p: Planning) -> list[Step]:
   # (adapters off), so nothing more stays on the chips
   own_reference = p.policy.cfg.lora_rank and 'sft' not in p.config.stages
   w_policy = 0 if own_reference else p.weights(p.reference)
-  kinds = {reward_kind(name) for name, _ in p.rl.reward_terms}  # text functions hold no weights
+  kinds = p.rl.reward_kinds  # text functions hold no weights
   scorer_weights = ((p.weights(p.frozen_reward) if 'reward_model' in kinds else 0)
                     + (p.weights(p.judge) if kinds & {'judge', 'judge_yes_no'} else 0))
   others = w_policy + scorer_weights  # the reference and the reward sources stay on the chips

@@ -132,6 +132,11 @@ class RLConfig:
     return tuple(terms)
 
   @property
+  def reward_kinds(self) -> frozenset[str]:
+    """The kinds (`reward_kind`) of the reward's terms: what the reward needs loaded."""
+    return frozenset(reward_kind(name) for name, _ in self.reward_terms)
+
+  @property
   def clip_range(self) -> tuple[float, float]:
     """(eps_low, eps_high): the ratio is clipped to [1 - eps_low, 1 + eps_high]."""
     return self.clip_eps_low or self.clip_eps, self.clip_eps_high or self.clip_eps
