@@ -152,6 +152,75 @@ def test_sharded_sampler_matches_one_device():
   np.testing.assert_allclose(np.asarray(got.log_probs), np.asarray(expected.log_probs), atol=1e-4)
 
 
+def grouped(prompts, g):
+  return [p for p in prompts for _ in range(g)]
+
+
+@pytest.mark.parametrize('mesh_axes', [{'data': 1}, {'data': 2, 'fsdp': 2, 'tensor': 2}])
+def test_group_prefill_samples_as_repeated_prompts(tiny, mesh_axes):
+  """GRPO's G rows of a prompt prefilled once (group=G) sample what G separately prefilled rows
+  sample: the same tokens at T=0.7 from the same key, the same log-probs; on one device and with the
+  batch sharded over 4 devices (8 rows, 2 distinct prompts per device-pair)."""
+  mesh = shd.make_mesh(mesh_axes, jax.devices()[:int(np.prod(list(mesh_axes.values())))])
+  model = loading.place(CFG, hf_checkpoint.host_arrays(nnx.state(tiny)), mesh)
+  tokens, valid = text_lib.left_pad(grouped(PROMPTS, 4), 8, pad_id=0)  # 16 rows
+  settings = sampler.SamplingConfig(12, temperature=0.7)
+  key = jax.random.key(5)
+  separate = sampler.make_sampler(model, mesh, settings)(nnx.state(model), tokens, valid, key)
+  run = sampler.make_sampler(model, mesh, settings, group=4)
+  shared = run(nnx.state(model), tokens, valid, key)
+  np.testing.assert_array_equal(np.asarray(shared.tokens), np.asarray(separate.tokens))
+  np.testing.assert_allclose(np.asarray(shared.log_probs), np.asarray(separate.log_probs), atol=1e-5)
+  rows = np.asarray(shared.tokens).reshape(4, 4, -1)
+  assert any(len({tuple(r) for r in g}) > 1 for g in rows)  # a group's rows sample apart
+  prefill = [e for e in run.jitted.lower(nnx.state(model), tokens, valid, key).as_text().splitlines()
+             if 'dot_general' in e and 'x8x' in e]
+  assert prefill  # ... and the prompt pass runs on 4 rows, not 16
+  assert not [e for e in prefill if 'tensor<16x8x' in e]
+  with pytest.raises(Exception, match='not whole groups'):
+    sampler.make_sampler(model, mesh, settings, group=3)(nnx.state(model), tokens, valid, key)
+
+
+@pytest.mark.parametrize('chunk', [3, 8])
+def test_decode_chunks_and_early_exit_keep_the_samples(tiny, chunk):
+  """Stop tests every `chunk` steps, or none (early_exit=False), leave every sample as it is."""
+  tokens, valid = text_lib.left_pad(PROMPTS, 8, pad_id=0)
+  run = lambda **kw: jax.device_get(sampler.make_sampler(
+      tiny, one_device_mesh(), sampler.SamplingConfig(10, temperature=1.0, **kw))(
+          nnx.state(tiny), tokens, valid, jax.random.key(2)))
+  free = run(decode_chunk=1)
+  stop = tuple(int(t) for t in free.tokens[:, 4])  # every row stops by its 5th token
+  one = run(decode_chunk=1, stop_tokens=stop)
+  ends = one.mask.sum(1)
+  assert (ends <= 5).all() and not one.mask[:, 5:].any()
+  assert int(one.steps) == ends.max()  # the loop ran no step after the last row stopped
+  np.testing.assert_array_equal(one.tokens[:, :5] * one.mask[:, :5], free.tokens[:, :5] * one.mask[:, :5])
+  chunked, full = run(decode_chunk=chunk, stop_tokens=stop), run(early_exit=False, stop_tokens=stop)
+  assert int(chunked.steps) == 1 + -(-(ends.max() - 1) // chunk) * chunk and int(full.steps) == 10
+  for got in (chunked, full):
+    assert got.tokens.shape == (4, 10)
+    np.testing.assert_array_equal(got.tokens, one.tokens)
+    np.testing.assert_array_equal(got.mask, one.mask)
+    np.testing.assert_allclose(got.log_probs, one.log_probs, atol=1e-6)
+
+
+def test_early_exit_stops_the_loop_when_every_row_has_stopped():
+  """A model that always emits the stop token: the loop ends after the prefill's token, or after
+  the chunk that holds it, or runs all 50 steps with early_exit=False; the samples are the same."""
+  logits = np.full(5, -5.0, np.float32)
+  logits[2] = 5.0  # token 2 whatever the input
+  model = fixed_logits_model(logits)
+  tokens, valid = text_lib.left_pad([[1, 1], [1, 1]], 2, pad_id=0)
+  for chunk, early, steps in ((1, True, 1), (4, True, 1), (1, False, 50), (4, False, 53)):
+    settings = sampler.SamplingConfig(50, temperature=0.0, stop_tokens=(2,), decode_chunk=chunk,
+                                      early_exit=early)
+    out = jax.device_get(sampler.make_sampler(model, one_device_mesh(), settings)(
+        nnx.state(model), tokens, valid, jax.random.key(0)))
+    assert out.mask.tolist() == [[True] + [False] * 49] * 2
+    assert out.tokens[:, 0].tolist() == [2, 2] and (out.tokens[:, 1:] == 0).all()
+    assert int(out.steps) == steps, (chunk, early)
+
+
 def test_bucketing_and_padding_helpers():
   assert text_lib.bucket_length(65, (64, 128)) == 128
   with pytest.raises(ValueError, match='exceeds the largest prompt bucket 128'):

@@ -102,8 +102,9 @@ def plan_models(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> P
 
 
 def sampler_steps(p: Planning, stage: str, rows: int, settings: ml_collections.ConfigDict,
-                  resident: int) -> list[Step]:
-  """The rollout's prefill and one decode step (run max_new_tokens - 1 times)."""
+                  resident: int, group: int = 1) -> list[Step]:
+  """The rollout's prefill (of rows / group distinct prompts) and one decode step (run
+  max_new_tokens - 1 times)."""
   cfg = sampler.SamplingConfig(settings.max_new_tokens, temperature=settings.temperature or 1.0)
   length = p.config.rl.prompt_length
   prompt = (S((rows, length), jnp.int32), S((rows, length), bool))
@@ -111,7 +112,8 @@ def sampler_steps(p: Planning, stage: str, rows: int, settings: ml_collections.C
   def prefill(q: Planning):
     state_sh, batch, repl = shd.model_shardings(q.policy, q.mesh)
     graphdef = nnx.graphdef(q.policy)
-    fn = jax.jit(lambda st, t, v, k: sampler.prefill(nnx.merge(graphdef, st), t, v, k, cfg),
+    fn = jax.jit(lambda st, t, v, k: sampler.prefill(nnx.merge(graphdef, st), t, v, k, cfg,
+                                                     group=group),
                  in_shardings=(state_sh, batch, batch, repl))
     return fn, (abstract_arrays(nnx.state(q.policy)), *prompt, abstract_key())
 
@@ -232,7 +234,8 @@ def rl_steps(p: Planning) -> list[Step]:
   n = c.sampling.max_new_tokens
   response = (S((rows, c.prompt_length), jnp.int32), S((rows, c.prompt_length), bool),
               S((rows, n), jnp.int32), S((rows, n), bool))
-  return (sampler_steps(p, 'rl', rows, c.sampling, w_state - w_policy + others)
+  return (sampler_steps(p, 'rl', rows, c.sampling, w_state - w_policy + others,
+                        c.samples_per_prompt)
           + rl_scoring_steps(p, response, w_state, w_policy, scorer_weights, value is not None)
           + [rl_update_step(p, optimizer, rows, response, others, value is not None)])
 

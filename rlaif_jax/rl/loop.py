@@ -46,7 +46,8 @@ class RLLoop:
           f'rl.sampling.top_k=0 and rl.sampling.top_p=1.0 (temperature is fine).')
     self.cfg, self.sampling_cfg, self.reward_source, self.mesh = cfg, sampling_cfg, reward_source, mesh
     temperature = sampling_cfg.temperature or 1.0
-    self.sample = sampler.make_sampler(policy, mesh, sampling_cfg, pad_id)
+    # the k rows of a prompt share its prefill (see sampler.prefill)
+    self.sample = sampler.make_sampler(policy, mesh, sampling_cfg, pad_id, cfg.samples_per_prompt)
     self.reference_scores = scoring.jit_token_scores(policy, mesh, temperature)
     # the value model is used with rl.value_model='separate' (PPO) and ignored otherwise
     self.update = update_lib.make_update(policy, optimizer, mesh, cfg, temperature, value_model)
