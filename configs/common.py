@@ -21,9 +21,10 @@ def logical_axis_rules() -> list:
 
 def sampling(max_new_tokens: int = 64, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0) -> ml_collections.ConfigDict:
-  """How a stage samples: new tokens, temperature (0 = greedy), top-k (0 = off), top-p (1 = off)."""
+  """How a stage samples: new tokens, temperature (0 = greedy), top-k (0 = off), top-p (1 = off),
+  decode steps between stop tests (decode_chunk; 0 = by platform: 1 on CPU, 8 elsewhere)."""
   return ml_collections.ConfigDict(dict(max_new_tokens=max_new_tokens, temperature=temperature,
-                                        top_k=top_k, top_p=top_p))
+                                        top_k=top_k, top_p=top_p, decode_chunk=0))
 
 
 def pipeline(model_source: str) -> ml_collections.ConfigDict:

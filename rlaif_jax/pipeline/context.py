@@ -159,4 +159,4 @@ class RunContext:
 
   def sampling(self, s: ml_collections.ConfigDict) -> SamplingConfig:
     return SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
-                          top_p=s.top_p)
+                          top_p=s.top_p, decode_chunk=s.get('decode_chunk', 0))
