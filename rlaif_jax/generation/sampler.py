@@ -55,7 +55,7 @@ class Samples(NamedTuple):
   tokens: jax.Array  # [B, N] int32 generated tokens (pad after the stop token)
   log_probs: jax.Array  # [B, N] float32 log-prob of each token under softmax(logits / T)
   mask: jax.Array  # [B, N] bool, True for generated tokens up to and including the stop token
-  steps: jax.Array  # int32: tokens the loop produced per row (prefill's included), <= N + chunk - 1
+  steps: jax.Array  # int32 scalar: tokens the loop produced per row (prefill's included), < N + chunk
 
 
 def filter_logits(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
@@ -185,12 +185,18 @@ def sample(model: model_lib.Transformer, prompt: jax.Array, prompt_valid: jax.Ar
   n, chunk = cfg.max_new_tokens, decode_chunk(cfg)
   length = 1 + -(-(n - 1) // chunk) * chunk  # room for whole chunks; the overshoot is cut off
   model = model_lib.for_decoding(model)
-  step = lambda s: decode_step(model, s, cfg, pad_id)
-  if chunk > 1:
-    step = lambda s, one=step: jax.lax.fori_loop(0, chunk, lambda _, s: one(s), s, unroll=True)
-  go_on = lambda s: (s.i < n) & ~jnp.all(s.done) if cfg.early_exit else s.i < n
-  s = jax.lax.while_loop(go_on, step, prefill(model, prompt, prompt_valid, key, cfg, pad_id, group,
-                                              length))
+
+  def chunk_of_steps(s: Decoding) -> Decoding:
+    if chunk == 1:
+      return decode_step(model, s, cfg, pad_id)
+    return jax.lax.fori_loop(0, chunk, lambda _, s: decode_step(model, s, cfg, pad_id), s,
+                             unroll=True)
+
+  def go_on(s: Decoding) -> jax.Array:
+    return (s.i < n) & ~jnp.all(s.done) if cfg.early_exit else s.i < n
+
+  s = jax.lax.while_loop(go_on, chunk_of_steps,
+                         prefill(model, prompt, prompt_valid, key, cfg, pad_id, group, length))
   return Samples(s.tokens[:, :n], s.log_probs[:, :n], s.mask[:, :n], s.i)
 
 

@@ -77,8 +77,8 @@ class RLLoop:
     # The sampler's log-probs are the policy's (same temperature): no scoring pass for them. PPO's
     # old values are left to the update, which takes them from its first forward pass when it can.
     rewards = self.reward_source(Responses(texts, tokens, valid, out.tokens, out.mask))
-    host_tokens, ended_mask = distributed.to_host((out.tokens, out.mask))
-    ended = stopped(host_tokens, ended_mask, self.sampling_cfg.stop_tokens)
+    host_tokens, host_mask, steps = distributed.to_host((out.tokens, out.mask, out.steps))
+    ended = stopped(host_tokens, host_mask, self.sampling_cfg.stop_tokens)
     scores = rewards.normalized
     if cfg.missing_eos_penalty:
       scores = apply_missing_stop_penalty(scores, ended, cfg.missing_eos_penalty)
@@ -96,7 +96,7 @@ class RLLoop:
     metrics.update(
         reward_raw=float(np.mean(rewards.raw)), reward=float(np.mean(rewards.normalized)),
         stopped_fraction=float(np.mean(ended)), kl_coef=float(kl_coef),
-        decode_steps=int(out.steps), response_length=float(np.mean(np.sum(ended_mask, 1))),
+        decode_steps=int(steps), response_length=float(np.mean(np.sum(host_mask, 1))),
         time_rollout=t1 - t0, time_scoring=t2 - t1, time_update=t3 - t2, seconds=total,
         share_rollout=(t1 - t0) / total, share_scoring=(t2 - t1) / total,
         share_update=(t3 - t2) / total)
