@@ -2,9 +2,9 @@
 
 Runs inside the benchmark's own environment (bench/.venv-trl-grpo, made by bench/grpo.py), never ours:
   bench/.venv-trl-grpo/bin/python bench/grpo_trl.py --folder F --spec S.json --iterations N --out R.json
-One trainer step = one iteration of ours: 16 prompts x 4 generations of exactly 64 tokens (EOS
-suppressed by min_new_tokens), the reward, reference log-probs for the beta KL term, one optimizer
-step on all 64 completions.
+One trainer step = one iteration of ours: 16 prompts x 4 generations of up to 128 tokens (each ends
+at the end-of-turn token; generate stops once every row has), the reward, reference log-probs for
+the beta KL term, one optimizer step on all 64 completions in two accumulated micro-batches of 32.
 """
 
 import argparse
@@ -38,7 +38,7 @@ def main():
   torch.manual_seed(0)
   tok = AutoTokenizer.from_pretrained(args.folder, padding_side='left')
   policy = AutoModelForCausalLM.from_pretrained(args.folder, dtype=torch.float32)
-  k, n = spec['samples'], len(spec['prompts'])
+  k, n, micro = spec['samples'], len(spec['prompts']), spec['micro_batches']
   data = Dataset.from_dict({'prompt': [[{'role': 'user', 'content': p}] for p in spec['prompts']]})
   rewards = []
 
@@ -49,10 +49,10 @@ def main():
     return r
 
   config = GRPOConfig(
-      output_dir=tempfile.mkdtemp(), per_device_train_batch_size=n * k, num_generations=k,
-      steps_per_generation=1, num_iterations=1, gradient_accumulation_steps=1,
-      max_completion_length=spec['new_tokens'], temperature=spec['temperature'],
-      generation_kwargs={'min_new_tokens': spec['new_tokens']}, beta=spec['beta'],
+      # one generation of n * k completions per optimizer step, taken in `micro` accumulated parts
+      output_dir=tempfile.mkdtemp(), per_device_train_batch_size=n * k // micro, num_generations=k,
+      steps_per_generation=micro, num_iterations=1, gradient_accumulation_steps=micro,
+      max_completion_length=spec['new_tokens'], temperature=spec['temperature'], beta=spec['beta'],
       epsilon=spec['clip_eps'], loss_type='grpo', scale_rewards='group',
       learning_rate=spec['learning_rate'], max_steps=args.iterations, logging_steps=1,
       report_to=[], save_strategy='no', use_cpu=True, seed=0, disable_tqdm=True, bf16=False,
@@ -62,8 +62,12 @@ def main():
                         processing_class=tok, callbacks=[steps])
   trainer.train()
   seconds = steps.seconds()
+  logs = [h for h in trainer.state.log_history if 'completions/mean_length' in h]
   with open(args.out, 'w') as f:
     json.dump({'seconds': seconds, 'reward': rewards,
+               # TRL's completion lengths count the end-of-turn token, as ours do
+               'mean_length': [h['completions/mean_length'] for h in logs],
+               'capped': [h['completions/clipped_ratio'] for h in logs],
                'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                'torch': torch.__version__, 'trl': __import__('trl').__version__}, f)
 

@@ -179,7 +179,8 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.rl.clip_eps_low = 0.0  # 0 = clip_eps; the ratio is clipped to [1 - low, 1 + high]
   c.rl.clip_eps_high = 0.0  # 0 = clip_eps; DAPO's clip-higher: 0.28
   # token_mean (DAPO) | sequence_mean (GRPO's paper) | token_sum (Dr. GRPO: / rows x max_new_tokens)
-  c.rl.loss_aggregation = 'token_mean'
+  # | '' (sequence_mean with importance_ratio='sequence', the only one GSPO takes; else token_mean)
+  c.rl.loss_aggregation = ''
   c.rl.importance_ratio = 'token'  # token | sequence (GSPO; with clip_eps_low/high ~ 3e-4 / 4e-4)
   c.rl.scale_rewards = 'group'  # grpo: group | batch | none (Dr. GRPO)
   c.rl.value_clip = 0.2
@@ -187,13 +188,23 @@ def pipeline(model_source: str) -> ml_collections.ConfigDict:
   c.rl.entropy_coef = 0.0
   c.rl.gamma = 1.0
   c.rl.lam = 0.95
-  c.rl.kl_estimator = 'k1'  # k1 | k2 | k3 | abs
-  c.rl.kl_in = 'reward'  # reward (a per-token penalty) | loss (a loss term; GRPO's paper: with k3)
+  # k1 | k2 | k3 | abs | '' (k3 in the loss, k1 in the reward; k1 in the loss is refused: its
+  # expected gradient on-policy is zero)
+  c.rl.kl_estimator = ''
+  # reward (a per-token penalty) | loss (a loss term) | '' (the loss for grpo, as its paper; the
+  # reward for the others)
+  c.rl.kl_in = ''
   c.rl.kl_coef = 0.05
   c.rl.kl_target = 0.0  # > 0: adaptive KL controller
   c.rl.kl_horizon = 10000.0
   c.rl.whiten_advantages = True
   c.rl.missing_eos_penalty = 0.0
+  # DAPO (rl/dynamic_sampling.py): drop groups whose samples all scored the same, refill the batch
+  # from further prompt batches (at most max_sampling_rounds batches an iteration)
+  c.rl.dynamic_sampling = False
+  c.rl.max_sampling_rounds = 3
+  c.rl.overlong_buffer = 0  # > 0: DAPO's soft overlong penalty over the budget's last tokens
+  c.rl.overlong_penalty = 1.0  # the penalty at max_new_tokens
   c.rl.prompt_length = 128  # prompts are left-padded (or cut at the front) to this
   c.rl.sampling = sampling(64, temperature=0.7)
 

@@ -135,3 +135,13 @@ def test_pipeline_killed_in_a_bucket_resumes_from_it_to_the_same_end(tmp_path, t
     assert json.loads(fs.cat('bucket/run/rl/policy/DONE.json'))['lora_base'] == ''
     base = _tensors(open(os.path.join(tiny_hf_folder, 'model.safetensors'), 'rb').read())
     assert any(not np.array_equal(a[n], base[n]) for n in base)
+    # the bucket's RL checkpoint and finished policy hold the adapters alone: no base weight
+    from rlaif_jax.models import lora
+    from tests.test_lora import _saved_names
+    for item in ('rl/checkpoints/8/state', 'rl/policy/params'):
+      copy = tmp_path / 'from_bucket' / item
+      fs.get(f'bucket/run/{item}', str(copy), recursive=True)
+      names = _saved_names(copy)
+      assert any(lora.is_adapter_name(n) for n in names), item
+      assert all(lora.is_adapter_name(n) or 'count' in n or n.startswith(('key', 'train/step'))
+                 for n in names), (item, names)

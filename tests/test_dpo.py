@@ -117,9 +117,19 @@ def test_dpo_stage_learns_synthetic_preferences(tmp_path, tiny_hf_folder):
   assert runner.run_stages(config, str(tmp_path))['dpo'] == summary  # complete: skipped
 
 
-def test_online_dpo_stage_with_the_judges_pairwise_labels(tmp_path, tiny_hf_folder):
+def test_online_dpo_stage_with_the_judges_pairwise_labels(tmp_path, tiny_hf_folder, monkeypatch):
   """rl.algorithm=online_dpo in the pipeline: no reward model stage; each iteration's pairs are
-  labeled by the judge (debiased, both orders) and a DPO update follows."""
+  labeled by the judge (debiased, both orders) and a DPO update follows on those labels."""
+  from rlaif_jax.feedback import judge as judge_lib
+  labels = []
+  pairwise = judge_lib.Judge.pairwise
+
+  def recorded(self, *args, **kw):  # the judge's own preferences, as the update must see them
+    pref = pairwise(self, *args, **kw)
+    labels.append(np.asarray(pref.p_a_better))
+    return pref
+
+  monkeypatch.setattr(judge_lib.Judge, 'pairwise', recorded)
   config = tiny.get_config()
   config.model.source = tiny_hf_folder
   config.stages = ('rl',)
@@ -129,10 +139,12 @@ def test_online_dpo_stage_with_the_judges_pairwise_labels(tmp_path, tiny_hf_fold
   rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
   rl_rows = [r for r in rows if r['stage'] == 'rl']
   assert len(rl_rows) == 3 and (tmp_path / 'rl' / 'policy' / 'DONE.json').exists()
-  for r in rl_rows:
-    assert np.isfinite(r['dpo_loss']) and 0 <= r['label_confidence'] <= 1
-    assert r['score'] == pytest.approx(0.5, abs=1e-6)  # p and 1 - p: the pairs' soft labels
-    assert r['time_scoring'] > 0 and r['share_update'] > 0
-  assert any(r['label_confidence'] > 0 for r in rl_rows)  # the judge did not say 0.5 throughout
+  assert len(labels) == 3  # one call a iteration, on its pairs
+  for r, p in zip(rl_rows, labels):
+    assert np.isfinite(r['dpo_loss']) and r['time_scoring'] > 0 and r['share_update'] > 0
+    # the update's labels are the judge's: their confidence, |p - 0.5| x 2 over the pairs
+    assert r['label_confidence'] == pytest.approx(np.mean(np.abs(p - 0.5) * 2), abs=1e-5)
+  assert any(np.any(p != 0.5) for p in labels)  # the judge did not say 0.5 throughout
   assert not (tmp_path / 'reward_model').exists()
-  assert summary
+  assert summary['iterations'] == 3
+  assert summary['reward'] == pytest.approx(np.mean([r['reward'] for r in rl_rows]), rel=1e-5)

@@ -76,13 +76,51 @@ def test_sequence_estimators_are_normalised_per_response_not_per_token(algorithm
   np.testing.assert_allclose(np.asarray(adv), got[:, None] * mask, rtol=1e-5, atol=1e-6)
 
 
+def test_kl_estimators_expected_gradients_on_policy():
+  """Exact expectations over a categorical policy pi (= pi_old, sampled from) and a reference:
+  k1's gradient is zero (E[grad log pi] = 0: as a loss term it holds nothing), k2's is the gradient
+  of KL(pi || ref), and k3's is sum (pi - ref) grad log pi: non-zero until pi = ref."""
+  theta = jnp.asarray([0.3, -1.0, 0.8, 0.1])
+  ref = jax.nn.log_softmax(jnp.asarray([-0.2, 0.4, 0.3, -0.9]))
+  pi_old = jax.nn.softmax(theta)
+
+  def expected(estimator):
+    return lambda t: jnp.sum(pi_old * losses.kl_penalty(jax.nn.log_softmax(t), ref, estimator))
+
+  grad = {e: jax.grad(expected(e))(theta) for e in ('k1', 'k2', 'k3')}
+  true_kl = lambda t: jnp.sum(jax.nn.softmax(t) * (jax.nn.log_softmax(t) - ref))
+  np.testing.assert_allclose(np.asarray(grad['k1']), 0.0, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(grad['k2']), np.asarray(jax.grad(true_kl)(theta)),
+                             rtol=1e-5)
+  assert float(jnp.abs(grad['k3']).max()) > 0.05
+
+
+def test_kl_defaults_put_a_working_estimator_where_the_kl_goes():
+  """GRPO puts the KL in the loss (its paper) with k3; the others keep it in the reward with k1; k1
+  as a loss term is refused; GSPO's sequence ratio implies the sequence mean."""
+  grpo, ppo = RLConfig('grpo', samples_per_prompt=2), RLConfig('ppo')
+  assert (grpo.kl_location, grpo.kl_kind) == ('loss', 'k3')
+  assert (ppo.kl_location, ppo.kl_kind) == ('reward', 'k1')
+  assert RLConfig('ppo', kl_in='loss').kl_kind == 'k3'
+  assert dataclasses.replace(grpo, kl_in='reward').kl_kind == 'k1'  # '' follows the choice made
+  assert RLConfig('ppo', kl_in='loss', kl_estimator='k2').kl_kind == 'k2'
+  with pytest.raises(UserError, match="kl_estimator='k1' as a loss term"):
+    RLConfig('grpo', samples_per_prompt=2, kl_estimator='k1')
+  with pytest.raises(UserError, match='rl.kl_estimator'):
+    RLConfig('ppo', kl_estimator='k4')
+  gspo = RLConfig('grpo', samples_per_prompt=2, importance_ratio='sequence')
+  assert (gspo.aggregation, grpo.aggregation) == ('sequence_mean', 'token_mean')
+  with pytest.raises(UserError, match="importance_ratio='sequence'"):
+    RLConfig('grpo', samples_per_prompt=2, importance_ratio='sequence', loss_aggregation='token_mean')
+
+
 def test_kl_in_the_reward_or_in_the_loss():
   logp, old, mask = random_batch()
   ref = old - 0.2
   from rlaif_jax.rl.rollout import Rollout
   scores = np.linspace(-1, 1, 12).astype(np.float32)
   r = Rollout(None, None, None, mask, old, ref, None, scores)
-  cfg = RLConfig('grpo', samples_per_prompt=4, scale_rewards='none')
+  cfg = RLConfig('grpo', samples_per_prompt=4, scale_rewards='none', kl_in='reward')
   kl_sum = ((old - ref) * mask).sum(1)
   in_reward, _, _ = advantages.advantages_and_returns(r, 0.5, cfg)
   want = advantages.sequence_advantages(jnp.asarray(scores - 0.5 * kl_sum), cfg)
@@ -120,6 +158,14 @@ def test_policy_losses_equal_numpy(how, ratio, clip):
   want = numpy_policy_loss(logp, old, adv, mask, *clip, how, ratio)
   np.testing.assert_allclose(float(info.loss), want, rtol=1e-5)
   assert 0 < float(info.clip_fraction) < 1  # the batch straddles the clip range
+  lr = logp - old
+  if ratio == 'sequence':  # one ratio a response: the share of responses clipped
+    seq = (lr * mask).sum(1) / mask.sum(1)
+    want_clipped = np.mean((seq < np.log(1 - clip[0])) | (seq > np.log(1 + clip[1])))
+  else:
+    out = (lr < np.log(1 - clip[0])) | (lr > np.log(1 + clip[1]))
+    want_clipped = (out * mask).sum() / mask.sum()
+  np.testing.assert_allclose(float(info.clip_fraction), want_clipped, rtol=1e-5)
 
 
 def test_gspo_gradient_is_the_sequence_ratio_gradient():
@@ -170,11 +216,14 @@ def test_aggregations_weigh_tokens_responses_or_the_budget():
 # ---------------------------------------------------------------- the update
 GRPO = RLConfig('grpo', samples_per_prompt=4, epochs=2, minibatches=2)
 VARIANTS = {
-    'grpo': dataclasses.replace(GRPO, loss_aggregation='sequence_mean', kl_in='loss', kl_estimator='k3'),
-    'dr_grpo': dataclasses.replace(GRPO, scale_rewards='none', loss_aggregation='token_sum'),
-    'dapo': dataclasses.replace(GRPO, clip_eps_high=0.28, loss_aggregation='token_mean'),
+    'grpo': dataclasses.replace(GRPO, loss_aggregation='sequence_mean'),  # the KL: k3 in the loss
+    # the variants keep the KL leash in the reward (k1), as before GRPO's default moved it
+    'dr_grpo': dataclasses.replace(GRPO, scale_rewards='none', loss_aggregation='token_sum',
+                                   kl_in='reward'),
+    'dapo': dataclasses.replace(GRPO, clip_eps_high=0.28, loss_aggregation='token_mean',
+                                kl_in='reward'),
     'gspo': dataclasses.replace(GRPO, importance_ratio='sequence', clip_eps_low=3e-3,
-                                clip_eps_high=4e-3, loss_aggregation='sequence_mean'),
+                                clip_eps_high=4e-3, kl_in='reward'),  # sequence_mean implied
 }
 
 
@@ -231,7 +280,8 @@ def test_policy_learns_the_target_token(name):
   # see test_rl: ~21 nats for an all-target policy over 6 tokens (this k1 estimate is noisy)
   assert max(h['kl'] for h in history) < 30.0
   assert loop.update.jitted._cache_size() == 1
-  if cfg.kl_in == 'loss':  # the leash as a k3 loss term: a larger coefficient holds the policy
+  if name == 'grpo':  # the leash as a k3 loss term: a larger coefficient holds the policy
+    assert (cfg.kl_location, cfg.kl_kind) == ('loss', 'k3')
     assert history[-1]['kl_loss'] > 0  # k3 is non-negative, and the policy has moved
     leashed, _ = run_loop(dataclasses.replace(cfg, kl_coef=1.0), iterations=25)
     assert max(h['kl'] for h in leashed) < 5.0
@@ -269,6 +319,88 @@ def test_rl_refuses_top_k_and_top_p_sampling():
     with pytest.raises(UserError, match='rl.sampling.top_k=0 and rl.sampling.top_p=1.0'):
       rl_loop.RLLoop(policy, mesh, RLConfig('ppo'), sampler.SamplingConfig(4, temperature=1.0, **kw),
                      optax.sgd(0.1), lambda x: None)
+
+
+# ---------------------------------------------------------------- DAPO's batch-side pieces
+def test_overlong_penalty_is_dapos_soft_punishment():
+  from rlaif_jax.rl import dynamic_sampling
+  got = dynamic_sampling.overlong_penalty(np.asarray([0, 10, 12, 13, 14, 16]), 16, 4, 0.5)
+  np.testing.assert_allclose(got, [0, 0, 0, -0.125, -0.25, -0.5])
+
+
+def test_dynamic_sampling_chooses_informative_groups_first_in_sampled_order():
+  from rlaif_jax.rl import dynamic_sampling
+  scores = np.asarray([1, 1, 0, 1, 2, 2, 0, 3, 5, 4], np.float32)  # groups of 2
+  flags = dynamic_sampling.informative(scores, 2)
+  np.testing.assert_array_equal(flags, [False, True, False, True, True])
+  np.testing.assert_array_equal(dynamic_sampling.choose_groups(flags, 2), [1, 3])
+  np.testing.assert_array_equal(dynamic_sampling.choose_groups(flags, 4), [0, 1, 3, 4])
+  np.testing.assert_array_equal(dynamic_sampling.rows_of(np.asarray([1, 3]), 2), [2, 3, 6, 7])
+
+
+def _dynamic_sampling_run(rounds: int, dynamic: bool = True, **cfg_kw):
+  """One GRPO iteration, 8 prompts x 4 samples, where a prompt starting with an even token scores
+  0.5 on every sample (an uninformative group) and the others the mean response token / 32.
+  Returns (metrics, how often more prompts were drawn, the prompts the reference pass scored)."""
+  from flax import nnx
+
+  from rlaif_jax.generation import sampler
+  from rlaif_jax.generation import text as text_lib
+  from rlaif_jax.rl import loop as rl_loop
+  from rlaif_jax.rl import rewards
+
+  def reward(x):
+    p, r = np.asarray(x.prompt), np.asarray(x.response)
+    s = np.where(p[:, 0] % 2 == 0, 0.5, r.mean(1) / 32).astype(np.float32)
+    return rewards.Rewards(s, s)
+
+  single = shd.make_mesh({'data': 1}, jax.devices()[:1])
+  policy = loading.random_model(CFG.replace(scalar_head=False), 0, single)
+  reference = jax.tree.map(jnp.copy, nnx.state(policy, nnx.Param))
+  cfg = RLConfig('grpo', samples_per_prompt=4, epochs=1, minibatches=1, dynamic_sampling=dynamic,
+                 max_sampling_rounds=rounds, **cfg_kw)
+  loop = rl_loop.RLLoop(policy, single, cfg, sampler.SamplingConfig(6, temperature=1.0),
+                        optax.sgd(0.1), reward)
+  scored, drawn, rng = [], [], np.random.default_rng(0)
+  reference_scores = loop.reference_scores
+  loop.reference_scores = lambda params, prompt, *xs: (scored.append(np.asarray(prompt)),
+                                                       reference_scores(params, prompt, *xs))[1]
+
+  def batch():
+    tokens = rng.integers(3, 32, (8, 4)).astype(np.int32)
+    return text_lib.PromptBatch(tokens, np.ones_like(tokens, bool))
+
+  def more():
+    drawn.append(1)
+    return batch()
+
+  _, _, m = loop.iteration(loop.init(), reference, 0.0, batch(), jax.random.key(0), more)
+  return m, len(drawn), scored[0]
+
+
+def test_dynamic_sampling_fills_the_batch_with_informative_groups():
+  m, drawn, prompts = _dynamic_sampling_run(rounds=6)
+  assert prompts.shape == (32, 4)
+  assert np.all(prompts[:, 0] % 2 == 1)  # only groups with a learning signal reached the update
+  assert np.all(prompts.reshape(8, 4, 4) == prompts.reshape(8, 4, 4)[:, :1])  # whole groups
+  assert m['informative_groups'] == 1.0 and m['sampling_rounds'] == drawn + 1 >= 2
+  assert m['decode_steps'] == 6 * m['sampling_rounds']  # every round's decoding counted
+  # without it the batch keeps its uninformative groups; with one round it is topped up with them
+  for kw in (dict(rounds=6, dynamic=False), dict(rounds=1)):
+    m, drawn, prompts = _dynamic_sampling_run(**kw)
+    assert drawn == 0 and np.any(prompts[:, 0] % 2 == 0)
+  assert m['sampling_rounds'] == 1 and m['informative_groups'] < 1.0
+  with pytest.raises(UserError, match='samples_per_prompt >= 2'):
+    RLConfig('ppo', dynamic_sampling=True)
+
+
+def test_overlong_penalty_reaches_the_scores():
+  """No stop tokens: every response runs to the 6-token budget, so each loses the full penalty."""
+  m, _, _ = _dynamic_sampling_run(1, dynamic=False, overlong_buffer=2, overlong_penalty=0.7)
+  assert m['overlong_penalty'] == pytest.approx(-0.7)
+  assert m['score'] == pytest.approx(m['reward'] - 0.7, abs=1e-6)
+  with pytest.raises(UserError, match='overlong_buffer=6'):
+    _dynamic_sampling_run(1, dynamic=False, overlong_buffer=6)
 
 
 # ---------------------------------------------------------------- online DPO
@@ -315,6 +447,32 @@ def test_online_dpo_keeps_pairs_whole_across_micro_batches_and_devices():
     RLConfig('online_dpo', samples_per_prompt=2, preference='pairwise')
   with pytest.raises(UserError, match='8 pairs'):
     dataclasses.replace(cfg, minibatches=3).check_batch(16)
+
+
+def test_online_dpo_leaves_a_policy_equal_to_its_reference_alone_on_ties():
+  """Sampling at T=0.7 (the default; the reference is scored at it): the policy's log-probs in the
+  DPO loss are taken at the same temperature, so a policy equal to its reference has a zero margin
+  on every pair, and tied labels (p = 0.5) give no gradient. Scored at T=1 against a T=0.7
+  reference, the margins were not zero and DPO pushed on ties."""
+  from flax import nnx
+
+  from rlaif_jax.generation import sampler
+  from rlaif_jax.generation import text as text_lib
+  from rlaif_jax.rl import loop as rl_loop
+  from rlaif_jax.rl import rewards
+  single = shd.make_mesh({'data': 1}, jax.devices()[:1])
+  policy = loading.random_model(CFG.replace(scalar_head=False), 0, single)
+  reference = jax.tree.map(jnp.copy, nnx.state(policy, nnx.Param))
+  tie = lambda x: rewards.Rewards(*[np.full(len(x.response), 0.5, np.float32)] * 2)
+  cfg = RLConfig('online_dpo', samples_per_prompt=2, epochs=1, minibatches=1, dpo_beta=1.0)
+  loop = rl_loop.RLLoop(policy, single, cfg, sampler.SamplingConfig(6, temperature=0.7),
+                        optax.sgd(1.0), tie)
+  tokens = np.random.default_rng(0).integers(3, 32, (8, 4)).astype(np.int32)
+  _, _, m = loop.iteration(loop.init(), reference, 0.0,
+                           text_lib.PromptBatch(tokens, np.ones_like(tokens, bool)),
+                           jax.random.key(0))
+  assert abs(m['reward_margin']) < 1e-5 and m['grad_norm'] < 1e-5, m
+  np.testing.assert_allclose(m['dpo_loss'], np.log(2), rtol=1e-5)  # -log sigmoid(0)
 
 
 def test_online_dpo_loss_is_dpo_on_each_pair():

@@ -120,9 +120,12 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_same_result(tmp_path, ti
   assert r.returncode == 0, r.stderr[-3000:]
 
   killed = tmp_path / 'killed'
-  # RL iterations finished before the kill; two more are left, so the kill lands before the end
-  kill_after = random.Random().randint(1, 6)
-  print("killing after RL iteration", kill_after)
+  # RL iterations finished before the kill; two more are left, so the kill lands before the end.
+  # The step is drawn from a seed (0 unless RLAIF_KILL_SEED sets another) that a failure names,
+  # so it replays
+  seed = int(os.environ.get('RLAIF_KILL_SEED', '0'))
+  kill_after = random.Random(seed).randint(1, 6)
+  print(f'killing after RL iteration {kill_after} (RLAIF_KILL_SEED={seed})')
   log = open(tmp_path / 'killed.log', 'w')  # a file, not a pipe nobody reads while it fills
   proc = subprocess.Popen(_command(killed, tiny_hf_folder), cwd=ROOT, env=_env(), stdout=log,
                           stderr=log)
@@ -136,9 +139,11 @@ def test_sigkill_at_a_random_step_then_resume_gives_the_same_result(tmp_path, ti
   r = subprocess.run(_command(killed, tiny_hf_folder), cwd=ROOT, env=_env(), capture_output=True,
                      text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert ('[rl] resumed at step' in r.stdout) == bool(saved), (kill_after, saved, r.stdout[-2000:])
+  assert ('[rl] resumed at step' in r.stdout) == bool(saved), (kill_after, seed, saved,
+                                                              r.stdout[-2000:])
 
-  assert _rl_rows(killed) == _rl_rows(straight), f'killed after iteration {kill_after}'
+  assert _rl_rows(killed) == _rl_rows(straight), (f'killed after iteration {kill_after} '
+                                                  f'(RLAIF_KILL_SEED={seed})')
   run_a = context.RunContext(_tiny(tiny_hf_folder), str(straight))
   run_b = context.RunContext(_tiny(tiny_hf_folder), str(killed))
   a, b = (hf_checkpoint.host_arrays(r.policy()[0]) for r in (run_a, run_b))

@@ -208,6 +208,36 @@ def test_loops_are_counted_as_often_as_they_run():
   assert cost(unrolled)[0] == flat
 
 
+def test_tpu_programs_are_traced_as_the_tpu_runs_them_on_a_bf16_dot_host(monkeypatch):
+  """The planner runs on a CPU host: the model's CPU-only choices follow the traced program's
+  platform (the mesh's devices), not the host's backend. On a host with AVX512-BF16 (faked here),
+  a bfloat16 matmul traced for the CPU asks for a float32 result behind an optimization barrier
+  (models/dots.py) and the sampler unstacks a scanned model's layers; traced for a TPU, neither."""
+  from rlaif_jax.models import config as model_config
+  from rlaif_jax.models import dots, loading, transformer
+  from rlaif_jax.plan import chips
+  monkeypatch.setattr(dots, 'cpu_has_bf16_dots', lambda: True)
+  devices, _ = chips.topology_devices('v5e:2x2')
+  axes = ('data', 'fsdp', 'tensor')
+  tpu = jax.sharding.Mesh(np.array(devices).reshape(4, 1, 1), axes)
+  cpu = jax.sharding.Mesh(np.array(jax.devices()[:4]).reshape(4, 1, 1), axes)
+  x, w = (jax.ShapeDtypeStruct(s, jnp.bfloat16) for s in ((8, 64), (64, 64)))
+
+  def matmul_program(mesh):
+    with jax.set_mesh(mesh):
+      return jax.jit(dots.matmul).lower(x, w).as_text()
+
+  assert 'optimization_barrier' in matmul_program(cpu)
+  assert 'optimization_barrier' not in matmul_program(tpu)
+  cfg = model_config.ModelConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_layers=2,
+                                 num_heads=2, num_kv_heads=1, head_dim=8, scan_layers=True)
+  model = loading.random_model(cfg, 0, cpu)
+  with jax.set_mesh(tpu):
+    assert transformer.for_decoding(model) is model  # one compiled block, scanned
+  with jax.set_mesh(cpu):
+    assert not transformer.for_decoding(model).cfg.scan_layers
+
+
 def test_long_responses_plan_splash_attention_into_the_update_and_its_temporaries_shrink():
   """configs/pod_plans.py's long-response GRPO plan (tiny shapes, 512 + 2048 tokens): on the TPU
   target 'auto' compiles Pallas splash attention into the update, the prefill and the scoring; the

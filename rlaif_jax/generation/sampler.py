@@ -25,7 +25,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlaif_jax.infra import sharding as shd
-from rlaif_jax.models import attention
 from rlaif_jax.models import transformer as model_lib
 from rlaif_jax.infra.errors import UserError
 
@@ -101,7 +100,7 @@ DEFAULT_CHUNK = 8
 
 def decode_chunk(cfg: SamplingConfig) -> int:
   """Decode steps per stop test: `cfg.decode_chunk`, or by the traced program's platform when 0."""
-  return cfg.decode_chunk or CHUNK_BY_PLATFORM.get(attention.platform(), DEFAULT_CHUNK)
+  return cfg.decode_chunk or CHUNK_BY_PLATFORM.get(shd.platform(), DEFAULT_CHUNK)
 
 
 def _is_stop(token: jax.Array, stop_tokens: Sequence[int]) -> jax.Array:

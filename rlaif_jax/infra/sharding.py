@@ -39,6 +39,14 @@ def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
   return tuple(out)
 
 
+def platform() -> str:
+  """The platform a program being traced is for: the devices of the mesh set by `jax.set_mesh`
+  (the planner compiles for TPU devices from a CPU host), else the backend JAX runs on. Every
+  platform-specific choice of the model code asks this, never `jax.default_backend()`."""
+  device = getattr(jax.sharding.get_abstract_mesh(), 'abstract_device', None)
+  return getattr(device, 'platform', None) or jax.default_backend()
+
+
 def make_mesh(shape: Mapping[str, int], devices: Sequence[Any] | None = None) -> Mesh:
   """Mesh from {'data': d, 'fsdp': f, 'tensor': t}; one entry may be -1 to take the remaining devices."""
   unknown = set(shape) - set(MESH_AXES)

@@ -38,20 +38,13 @@ SPLASH_BLOCK = 512  # the splash kernel's tile along the sequence (MaxText's def
 SPLASH_MIN_BLOCK = 128  # largest of 256, 128 that divides the length rounded up to 128
 
 
-def platform() -> str:
-  """The platform a program being traced is for: the devices of the mesh set by `jax.set_mesh`
-  (the planner compiles for TPU devices from this CPU), else the backend JAX runs on."""
-  device = getattr(jax.sharding.get_abstract_mesh(), 'abstract_device', None)
-  return getattr(device, 'platform', None) or jax.default_backend()
-
-
 def resolve(kernel: str, target: str | None = None, softcap: float = 0.0) -> str:
   """The kernel a model's full-sequence attention runs: `kernel` (model.attention), with 'auto' chosen
-  by the `target` platform (default: `platform()`, the traced program's). dot_product has
+  by the `target` platform (default: `shd.platform()`, the traced program's). dot_product has
   no soft-capping, so a soft-capped model keeps the dense path there."""
   check_attention(kernel)
   if kernel == 'auto':
-    kernel = BY_PLATFORM.get(target or platform(), 'xla')
+    kernel = BY_PLATFORM.get(target or shd.platform(), 'xla')
   if kernel == 'dot_product' and softcap:
     return 'xla'
   return kernel
@@ -88,7 +81,7 @@ def _dot_product(q, k, v, valid, *, scale, softcap, window):
   lengths = jnp.sum(valid, axis=1, dtype=jnp.int32)
   start = jnp.argmax(valid, axis=1).astype(jnp.int32)  # left padding of each row
   rolled = [_roll_rows(x, start) for x in (q, k.swapaxes(1, 2), v.swapaxes(1, 2))]
-  cudnn = BY_PLATFORM.get(platform()) == 'dot_product' and q.dtype in (jnp.bfloat16, jnp.float16)
+  cudnn = BY_PLATFORM.get(shd.platform()) == 'dot_product' and q.dtype in (jnp.bfloat16, jnp.float16)
   out = jax.nn.dot_product_attention(
       *rolled, scale=scale, is_causal=True, query_seq_lengths=lengths,
       key_value_seq_lengths=lengths, local_window_size=(window - 1, 0) if window else None,
@@ -116,7 +109,7 @@ def _splash(q, k, v, valid, *, scale, softcap, window):
                          block_q_dq=block, block_kv_dq=block)
   kernel = sa.make_splash_mqa_single_device(
       sa.MultiHeadMask([one] * (h // kvh)), block_sizes=blocks,
-      attn_logits_soft_cap=softcap or None, interpret=platform() != 'tpu')
+      attn_logits_soft_cap=softcap or None, interpret=shd.platform() != 'tpu')
   qg = (q.astype(jnp.float32) * scale).astype(q.dtype)  # the kernel scales nothing
   qg = qg.reshape(b, padded, kvh, h // kvh, d).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, D]
   per_head = jax.vmap(lambda qh, kh, vh, s: kernel(qh, kh, vh, segment_ids=sa.SegmentIds(s, s)),

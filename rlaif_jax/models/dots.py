@@ -11,8 +11,9 @@ folds the bfloat16 roundings of operands computed in float32 (a norm's output, a
 cast down) into the dot and runs it in float32 again, converted weights and all (289 against 380
 GFLOP/s for an RMSNorm feeding the MLP's first matmul).
 
-`wide_accumulation(dtype)` says when to ask that way: bfloat16 compute on the CPU backend of a CPU
-that has such instructions (read from /proc/cpuinfo). Float32 compute, GPUs and TPUs (whose bfloat16
+`wide_accumulation(dtype)` says when to ask that way: bfloat16 compute in a program traced for the
+CPU (`sharding.platform()`: the planner traces TPU programs on a CPU host) on a CPU that has such
+instructions (read from /proc/cpuinfo). Float32 compute, GPUs and TPUs (whose bfloat16
 matmuls accumulate in float32 in hardware already, where an explicit float32 result would only add
 output traffic) and CPUs without the instructions get the plain dot, exactly as before.
 """
@@ -23,6 +24,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from rlaif_jax.infra import sharding as shd
 
 BF16_DOT_FLAGS = ('avx512_bf16', 'amx_bf16')  # /proc/cpuinfo flags of CPUs with bfloat16 dot products
 
@@ -42,7 +45,7 @@ def cpu_has_bf16_dots(cpuinfo: str = '/proc/cpuinfo') -> bool:
 
 def wide_accumulation(dtype) -> bool:
   """True where a `dtype` matmul is faster asked for a float32 result and rounded back (see above)."""
-  return (jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == 'cpu'
+  return (jnp.dtype(dtype) == jnp.bfloat16 and shd.platform() == 'cpu'
           and cpu_has_bf16_dots())
 
 

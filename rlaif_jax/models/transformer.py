@@ -285,11 +285,12 @@ def unscanned(model: Transformer) -> Transformer:
 
 
 def for_decoding(model: Transformer) -> Transformer:
-  """The layout token-by-token decoding runs fastest in on this backend. On CPU a scanned model's
+  """The layout token-by-token decoding runs fastest in on the traced program's platform
+  (`sharding.platform()`: the planner plans a TPU's program from a CPU host). On CPU a scanned model's
   decode step slices every layer's weights and cache out of the stacked arrays each token, about
   2.7x slower for SmolLM2, so there the sampler unstacks it once per call; accelerators keep the
   scan (one compiled block, XLA fuses the slices)."""
-  return unscanned(model) if jax.default_backend() == 'cpu' else model
+  return unscanned(model) if shd.platform() == 'cpu' else model
 
 
 def causal_mask(valid: jax.Array) -> jax.Array:

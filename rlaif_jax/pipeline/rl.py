@@ -77,10 +77,11 @@ def train(ctx: RunContext, cfg: RLConfig, iteration: rl_loop.RLLoop, tokenizer, 
   progress = Progress('rl', c.iterations, start, unit='iteration', every=0)
   guard = training_loop.NonFiniteGuard(ctx.config.train.max_nonfinite_steps, 'rl', ckpt)
   try:
+    # rl.dynamic_sampling's further rounds draw the next batches (the data position saved after)
+    draw = lambda: text_lib.encode_prompt_batch(tokenizer, next(batches), c.prompt_length)
     for i in range(start, c.iterations):
-      prompts = text_lib.encode_prompt_batch(tokenizer, next(batches), c.prompt_length)
-      state, kl_coef, m = iteration.iteration(state, reference, kl_coef, prompts,
-                                              jax.random.fold_in(key, i))
+      state, kl_coef, m = iteration.iteration(state, reference, kl_coef, draw(),
+                                              jax.random.fold_in(key, i), more_prompts=draw)
       guard.check(i + 1, m['skipped'])
       writer.write(i + 1, m)
       progress.update(i + 1, {k: m[k] for k in ('reward', 'kl', 'entropy', *(  # the check too

@@ -4,9 +4,10 @@ XLA's cost analysis (`compiled.cost_analysis()`, where the planner's FLOPs and H
 counts a while loop's body once, whatever its trip count: the layer scan, the LM head's row chunks,
 the RL update's epochs, minibatches and micro-batches, and the loops XLA's SPMD partitioner makes
 itself (a matmul over an FSDP-sharded weight becomes a windowed einsum: a loop over the shards).
-`loop_factors` reads the compiled program's HLO text (after the TPU compiler's passes and SPMD
-partitioning: one device's share), takes each loop's trip count from its condition (`counter < N`,
-the counter starting from a constant and stepping by a constant, as `lax.scan`, `fori_loop` and the
+`loop_factors` reads the compiled program's HLO text (after the compiler's passes and SPMD
+partitioning: one device's share), takes each loop's trip count from XLA's own annotation where the
+compiler wrote one (the CPU and GPU compilers do) or else from its condition (`counter < N`, the
+counter starting from a constant and stepping by a constant, as `lax.scan`, `fori_loop` and the
 partitioner's loops are built), and runs XLA's generic HloCostAnalysis (the CPU client's) on the
 program and on each loop body as a program of its own. The factors are the program's count with
 every body times its trips (nested loops multiply) over its count with each body once; the planner
@@ -103,8 +104,13 @@ def _value(comp: Computation, name: str):
 
 
 def trip_count(comps: dict[str, Computation], parent: str, loop: str, cond: str, body: str) -> int:
-  """The trip count of a `lax.scan` / `fori_loop`-shaped while loop: the condition compares a
-  counter with a constant, the counter starts from a constant and the body adds a constant."""
+  """The trip count of a `lax.scan` / `fori_loop`-shaped while loop: the one XLA's loop analysis
+  wrote on the loop (`known_trip_count`, as the CPU and GPU compilers do), else read from it: the
+  condition compares a counter with a constant, the counter starts from a constant and the body
+  adds a constant."""
+  known = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', comps[parent].ops[loop][2])
+  if known:
+    return int(known.group(1))
   c = comps[cond]
   opcode, operands, line = c.ops[c.root]
   direction = re.search(r'direction=(\w+)', line)

@@ -88,7 +88,7 @@ GROUP_STD_EPS = 1e-4  # as TRL's GRPOTrainer: a group with equal rewards gets ad
 
 def sequence_scores(r: Rollout, kl: jax.Array, kl_coef, cfg: RLConfig) -> jax.Array:
   """Each response's score, minus kl_coef x its summed KL when the leash is in the reward."""
-  if cfg.kl_in == 'loss':
+  if cfg.kl_location == 'loss':
     return r.scores
   return r.scores - kl_coef * jnp.sum(kl * r.mask, axis=1)
 
@@ -96,9 +96,9 @@ def sequence_scores(r: Rollout, kl: jax.Array, kl_coef, cfg: RLConfig) -> jax.Ar
 def advantages_and_returns(r: Rollout, kl_coef, cfg: RLConfig):
   """Per-token advantages and value targets. The KL penalty enters the rewards for every algorithm
   unless rl.kl_in='loss' (then the update adds it as a loss term)."""
-  kl = kl_penalty(r.old_log_probs, r.ref_log_probs, cfg.kl_estimator)
+  kl = kl_penalty(r.old_log_probs, r.ref_log_probs, cfg.kl_kind)
   if cfg.algorithm == 'ppo':
-    rewards = token_rewards(r.scores, kl, r.mask, 0.0 if cfg.kl_in == 'loss' else kl_coef)
+    rewards = token_rewards(r.scores, kl, r.mask, 0.0 if cfg.kl_location == 'loss' else kl_coef)
     adv, returns = gae(rewards, r.old_values, r.mask, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
       adv = whiten(adv, r.mask)

@@ -20,6 +20,7 @@ REWARDS = ('reward_model', 'judge', 'judge_yes_no')
 LOSS_AGGREGATIONS = ('token_mean', 'sequence_mean', 'token_sum')
 IMPORTANCE_RATIOS = ('token', 'sequence')  # sequence: GSPO's length-normalised sequence ratio
 SCALE_REWARDS = ('group', 'batch', 'none')  # GRPO's advantage divisor; none = Dr. GRPO
+KL_ESTIMATORS = ('k1', 'k2', 'k3', 'abs')  # see losses.kl_penalty
 KL_IN = ('reward', 'loss')  # the KL leash: a penalty in the reward, or a loss term (GRPO's k3)
 PREFERENCES = ('scores', 'pairwise')  # online DPO's labels: from the two scores, or the judge's pair
 
@@ -34,7 +35,9 @@ class RLConfig:
   clip_eps: float = 0.2
   clip_eps_low: float = 0.0  # the ratio's lower clip 1 - eps_low (0 = clip_eps)
   clip_eps_high: float = 0.0  # its upper clip 1 + eps_high (0 = clip_eps; DAPO's clip-higher: 0.28)
-  loss_aggregation: str = 'token_mean'  # token_mean | sequence_mean | token_sum (LOSS_AGGREGATIONS)
+  # token_mean | sequence_mean | token_sum (LOSS_AGGREGATIONS); '' = by the importance ratio:
+  # sequence_mean for GSPO's sequence ratio (the only one it is GSPO with), token_mean otherwise
+  loss_aggregation: str = ''
   importance_ratio: str = 'token'  # token | sequence (GSPO; use clip_eps ~ 3e-4..4e-4 with it)
   scale_rewards: str = 'group'  # GRPO: group | batch | none (Dr. GRPO): what divides the advantage
   value_clip: float = 0.2
@@ -42,8 +45,12 @@ class RLConfig:
   entropy_coef: float = 0.0
   gamma: float = 1.0
   lam: float = 0.95
-  kl_estimator: str = 'k1'
-  kl_in: str = 'reward'  # reward | loss: kl_coef x KL in the reward, or as a loss term (KL_IN)
+  # k1 | k2 | k3 | abs (losses.kl_penalty); '' = by where the KL goes: k3 in the loss, k1 in the
+  # reward. k1 as a loss term is refused: its expected gradient on-policy is 0 (E[grad log pi] = 0)
+  kl_estimator: str = ''
+  # reward | loss: kl_coef x KL in the reward, or as a loss term (KL_IN); '' = by algorithm: the
+  # loss for grpo (as its paper), the reward for the others
+  kl_in: str = ''
   # ppo: advantages whitened over the batch's tokens; reinforce / rloo: scaled by their std over
   # the batch's responses (a sequence-level estimator, normalised at the sequence level); grpo
   # normalises within groups instead (scale_rewards).
@@ -54,6 +61,12 @@ class RLConfig:
   kl_target: float = 0.0  # > 0: adaptive controller moves kl_coef so the sequence KL nears this
   kl_horizon: float = 10000.0  # the controller's horizon (in samples)
   missing_eos_penalty: float = 0.0  # subtracted from the score of a response that never stopped
+  # DAPO (rl/dynamic_sampling.py): drop groups whose scores are all equal and sample further prompt
+  # batches (at most max_sampling_rounds in all) until the batch is full of informative groups
+  dynamic_sampling: bool = False
+  max_sampling_rounds: int = 3
+  overlong_buffer: int = 0  # > 0: DAPO's soft overlong penalty over the budget's last tokens
+  overlong_penalty: float = 1.0  # ... reaching this at max_new_tokens
   reward: str = 'reward_model'  # the score: one reward term's name (REWARDS, check:NAME, module:fn)
   rewards: tuple = ()  # ((name, weight), ...): a weighted sum of terms instead of `reward` alone
   question: str = ''  # judge_yes_no's yes/no question about one response
@@ -98,15 +111,32 @@ class RLConfig:
       raise UserError(f'rl.dpo_beta must be > 0, got {self.dpo_beta}.')
     if self.preference_temperature <= 0:
       raise UserError(f'rl.preference_temperature must be > 0, got {self.preference_temperature}.')
-    for name, value, choices in (('loss_aggregation', self.loss_aggregation, LOSS_AGGREGATIONS),
+    for name, value, choices in (('loss_aggregation', self.aggregation, LOSS_AGGREGATIONS),
                                  ('preference', self.preference, PREFERENCES),
                                  ('dpo_loss', self.dpo_loss, ('sigmoid', 'ipo')),
                                  ('dpo_labels', self.dpo_labels, ('soft', 'hard')),
                                  ('importance_ratio', self.importance_ratio, IMPORTANCE_RATIOS),
                                  ('scale_rewards', self.scale_rewards, SCALE_REWARDS),
-                                 ('kl_in', self.kl_in, KL_IN)):
+                                 ('kl_in', self.kl_location, KL_IN),
+                                 ('kl_estimator', self.kl_kind, KL_ESTIMATORS)):
       if value not in choices:
         raise UserError(f'Unknown rl.{name} {value!r}; choose one of {choices}.')
+    if self.kl_location == 'loss' and self.kl_kind == 'k1':
+      raise UserError("rl.kl_estimator='k1' as a loss term (rl.kl_in='loss') has zero expected "
+                      "gradient on-policy (E[grad log pi] = 0), so the KL leash would do nothing; "
+                      "use rl.kl_estimator='k3' (GRPO's) or 'k2', or put it in the reward "
+                      "(rl.kl_in='reward').")
+    if self.importance_ratio == 'sequence' and self.aggregation != 'sequence_mean':
+      raise UserError(f"rl.importance_ratio='sequence' (GSPO) weighs each response once, as its one "
+                      f"ratio does; rl.loss_aggregation={self.aggregation!r} would weigh responses "
+                      f"by their length: use 'sequence_mean' (or leave it '', which picks it).")
+    if self.dynamic_sampling and self.samples_per_prompt < 2:
+      raise UserError('rl.dynamic_sampling drops groups whose samples all scored the same: it needs '
+                      'rl.samples_per_prompt >= 2.')
+    if self.max_sampling_rounds < 1 or self.overlong_buffer < 0 or self.overlong_penalty < 0:
+      raise UserError(f'rl.max_sampling_rounds must be >= 1 and rl.overlong_buffer, '
+                      f'rl.overlong_penalty >= 0; got {self.max_sampling_rounds}, '
+                      f'{self.overlong_buffer}, {self.overlong_penalty}.')
     if min(self.clip_eps, self.clip_eps_low, self.clip_eps_high) < 0:
       raise UserError('rl.clip_eps, rl.clip_eps_low and rl.clip_eps_high must be >= 0.')
 
@@ -135,6 +165,22 @@ class RLConfig:
   def reward_kinds(self) -> frozenset[str]:
     """The kinds (`reward_kind`) of the reward's terms: what the reward needs loaded."""
     return frozenset(reward_kind(name) for name, _ in self.reward_terms)
+
+  @property
+  def aggregation(self) -> str:
+    """How per-token losses are aggregated: rl.loss_aggregation, or by the ratio when ''."""
+    return self.loss_aggregation or ('sequence_mean' if self.importance_ratio == 'sequence'
+                                     else 'token_mean')
+
+  @property
+  def kl_location(self) -> str:
+    """Where the KL leash goes ('reward' or 'loss'): rl.kl_in, or by algorithm when ''."""
+    return self.kl_in or ('loss' if self.algorithm == 'grpo' else 'reward')
+
+  @property
+  def kl_kind(self) -> str:
+    """The KL estimator: rl.kl_estimator, or by where the KL goes when ''."""
+    return self.kl_estimator or ('k3' if self.kl_location == 'loss' else 'k1')
 
   @property
   def clip_range(self) -> tuple[float, float]:

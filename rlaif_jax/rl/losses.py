@@ -86,7 +86,11 @@ def policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mas
   unclipped = r * advantages
   clipped = jnp.clip(r, 1 - low, 1 + high) * advantages
   loss = aggregate(-jnp.minimum(unclipped, clipped), mask, aggregation)
-  clip_fraction = masked_mean(((r < 1 - low) | (r > 1 + high)).astype(jnp.float32), mask)
+  clipped_tokens = ((r < 1 - low) | (r > 1 + high)).astype(jnp.float32)
+  if ratio == 'sequence':  # one ratio a response: the share of responses clipped
+    clip_fraction = masked_mean(jnp.max(clipped_tokens * mask, axis=1), jnp.any(mask, axis=1))
+  else:
+    clip_fraction = masked_mean(clipped_tokens, mask)
   token_log_ratio = logp - old_logp
   approx_kl = masked_mean(jnp.expm1(token_log_ratio) - token_log_ratio, mask)
   return PolicyLossInfo(loss, clip_fraction, approx_kl)

@@ -44,11 +44,14 @@ def preference_targets(scores: jax.Array, cfg: RLConfig) -> jax.Array:
   return jax.nn.sigmoid((scores[:, 0] - scores[:, 1]) / cfg.preference_temperature)
 
 
-def loss(model, mb: Rollout, cfg: RLConfig) -> tuple[jax.Array, dict]:
+def loss(model, mb: Rollout, cfg: RLConfig, temperature: float = 1.0) -> tuple[jax.Array, dict]:
   """The DPO loss of a minibatch of pairs [b, 2, ...]: the policy's summed log-probs of both
-  responses (one forward pass over 2b rows) against the rollout's reference log-probs."""
+  responses (one forward pass over 2b rows) against the rollout's reference log-probs, both under
+  softmax(logits / temperature): the temperature the reference was scored at (the sampling one, see
+  rl/loop.py), so a policy equal to its reference has a zero margin on every pair."""
   mask = rows(mb.mask)
-  s = scoring.token_scores(model, rows(mb.prompt), rows(mb.prompt_valid), rows(mb.response), mask)
+  s = scoring.token_scores(model, rows(mb.prompt), rows(mb.prompt_valid), rows(mb.response), mask,
+                           temperature)
   pi = jnp.sum(s.log_probs * mask, axis=1).reshape(-1, 2)
   ref = jnp.sum(mb.ref_log_probs * mb.mask, axis=2)
   h = (pi[:, 0] - ref[:, 0]) - (pi[:, 1] - ref[:, 1])
@@ -74,10 +77,10 @@ def epochs(update: Any, state: Any, r: Rollout, order: jax.Array):
     mb = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), paired)
     weights = jnp.full((cfg.micro_batches,), 1.0 / cfg.micro_batches)  # a mean over equal pairs
     (value, metrics), grads = update.accumulated(
-        lambda params, b: loss(update.models.policy_model(params), b, cfg), state.params, mb,
-        weights)
+        lambda params, b: loss(update.models.policy_model(params), b, cfg, update.temperature),
+        state.params, mb, weights)
     return update.apply(state, grads, value, metrics)
 
   state, metrics = jax.lax.scan(step, state, order)
-  kl = kl_penalty(r.old_log_probs, r.ref_log_probs, cfg.kl_estimator)
+  kl = kl_penalty(r.old_log_probs, r.ref_log_probs, cfg.kl_kind)
   return state, metrics, r, (None, jnp.zeros_like(kl), kl)

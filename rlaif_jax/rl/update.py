@@ -96,7 +96,7 @@ class Update:
     """The clipped policy loss, minus the entropy bonus, plus PPO's weighted value loss and, with
     rl.kl_in='loss', kl_coef x the KL to the reference; all aggregated as rl.loss_aggregation."""
     cfg = self.cfg
-    how = cfg.loss_aggregation
+    how = cfg.aggregation
     info = losses.policy_loss(s.log_probs, mb.old_log_probs, adv, mb.mask, cfg.clip_range, how,
                               cfg.importance_ratio)
     entropy = losses.aggregate(s.entropy, mb.mask, how)
@@ -105,8 +105,8 @@ class Update:
     if values is not None:
       v_loss = losses.value_loss(values, mb.old_values, returns, mb.mask, cfg.value_clip, how)
       loss = loss + cfg.vf_coef * v_loss
-    if cfg.kl_in == 'loss':
-      kl_loss = losses.aggregate(losses.kl_penalty(s.log_probs, mb.ref_log_probs, cfg.kl_estimator),
+    if cfg.kl_location == 'loss':
+      kl_loss = losses.aggregate(losses.kl_penalty(s.log_probs, mb.ref_log_probs, cfg.kl_kind),
                                  mb.mask, how)
       loss = loss + kl_coef * kl_loss
     return loss, {'policy_loss': info.loss, 'value_loss': v_loss, 'kl_loss': kl_loss,
@@ -140,7 +140,7 @@ class Update:
     tokens for a token mean, its responses for a sequence mean, its rows for a token sum)."""
     k = self.cfg.micro_batches
     weights = losses.aggregation_weights(step_lib.split_micro_batches(mb.mask, k),
-                                         self.cfg.loss_aggregation)
+                                         self.cfg.aggregation)
     (loss, metrics), grads = self.accumulated(
         lambda params, batch: self.loss_given_advantages(params, batch, kl_coef), state.params,
         (mb, adv, returns), weights)
