@@ -403,6 +403,30 @@ def test_overlong_penalty_reaches_the_scores():
     _dynamic_sampling_run(1, dynamic=False, overlong_buffer=6)
 
 
+def uneven_words(prompt: str, response: str) -> float:  # 'tests.test_grpo:uneven_words'
+  """A prompt of an even number of words scores 0.5 on every sample (no learning signal); the
+  others by their response's characters (two samples rarely tie)."""
+  return 0.5 if len(prompt.split()) % 2 == 0 else sum(map(ord, response)) % 97 / 97
+
+
+def test_dynamic_sampling_in_the_pipeline_draws_further_batches(tmp_path, tiny_hf_folder):
+  """The rl stage hands the loop its prompt stream: rounds past the first draw the next batches,
+  and every update sees informative groups only."""
+  from configs import tiny
+  from rlaif_jax.pipeline import runner
+  from tests import helpers
+  c = tiny.get_config()
+  c.model.source, c.stages = tiny_hf_folder, ('rl',)
+  c.rl.algorithm, c.rl.samples_per_prompt, c.rl.batch_size = 'grpo', 2, 4
+  c.rl.reward, c.rl.iterations = 'tests.test_grpo:uneven_words', 3
+  c.rl.dynamic_sampling, c.rl.max_sampling_rounds = True, 6
+  runner.run_stages(c, str(tmp_path))
+  rows = helpers.metric_rows(tmp_path, 'rl')
+  assert len(rows) == 3 and all(r['informative_groups'] == 1.0 for r in rows), rows
+  assert any(r['sampling_rounds'] > 1 for r in rows)
+  assert all(r['decode_steps'] >= r['sampling_rounds'] for r in rows)
+
+
 # ---------------------------------------------------------------- online DPO
 def test_online_dpo_raises_the_programmatic_reward():
   """Two samples a prompt, labeled from a stand-in judge's scores (the target fraction), DPO steps."""
