@@ -1,5 +1,6 @@
 """One RL iteration: rollout, reference log-probs, rewards, KL, update, with its metrics and where
-the time went.
+the time went. With rl.dynamic_sampling (DAPO) the rollout takes rounds: further prompt batches
+(`more_prompts`) until the batch is full of groups with a learning signal (rl/dynamic_sampling.py).
 
     rl = RLLoop(policy, mesh, rl_cfg, sampling_cfg, optimizer, reward_source, value_model=None)
     state = rl.init()
