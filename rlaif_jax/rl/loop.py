@@ -60,11 +60,13 @@ class RLLoop:
   def init(self) -> TrainState:
     return self.update.init()
 
-  def sample_and_score(self, policy: Any, prompts: PromptBatch, key: jax.Array) -> dict[str, Any]:
+  def sample_and_score(self, policy: Any, prompts: PromptBatch, key: jax.Array,
+                       ref_params: Any = None) -> dict[str, Any]:
     """One round of sampling (each prompt rl.samples_per_prompt times) and its rewards: the rows'
     prompts, `samples` (the sampler's, decode steps in `steps`), `rewards`, whether each `ended`,
     the `scores` the update optimizes (after the missing-stop and overlong penalties), and the
-    seconds the sampling took."""
+    seconds the sampling took. Given `ref_params`, also the reference's log-probs (`ref`), its pass
+    dispatched before the reward is computed (as the rows are final without dynamic sampling)."""
     cfg = self.cfg
     k = cfg.samples_per_prompt
     tokens, valid = np.repeat(prompts.tokens, k, 0), np.repeat(prompts.valid, k, 0)
@@ -72,6 +74,8 @@ class RLLoop:
     t0 = time.perf_counter()
     out = jax.block_until_ready(self.sample(policy, tokens, valid, key))
     t1 = time.perf_counter()
+    ref = None if ref_params is None else self.reference_scores(
+        ref_params, tokens, valid, out.tokens, out.mask).log_probs
     rewards = self.reward_source(Responses(texts, tokens, valid, out.tokens, out.mask))
     host_tokens, host_mask, steps = distributed.to_host((out.tokens, out.mask, out.steps))
     ended = stopped(host_tokens, host_mask, self.sampling_cfg.stop_tokens)
@@ -87,7 +91,7 @@ class RLLoop:
     if cfg.dynamic_sampling:  # rounds are pooled and chosen from on the host
       out = sampler.Samples(*distributed.to_host(tuple(out[:3])), None)
     return dict(prompt=tokens, prompt_valid=valid, rewards=rewards, ended=ended, scores=scores,
-                mask=host_mask, overlong=overlong, samples=out, steps=int(steps),
+                mask=host_mask, overlong=overlong, samples=out, ref=ref, steps=int(steps),
                 sample_seconds=t1 - t0)
 
   def iteration(self, state: TrainState, ref_params: Any, kl_coef: float, prompts: PromptBatch,
@@ -100,8 +104,11 @@ class RLLoop:
     cfg = self.cfg
     k_sample, k_update = jax.random.split(key)
     policy = state.params['policy']
+    if ref_params is None:  # LoRA: the reference is the policy with its adapters off
+      ref_params = lora.disabled(policy)
     t0 = time.perf_counter()
-    pooled = [self.sample_and_score(policy, prompts, k_sample)]
+    pooled = [self.sample_and_score(policy, prompts, k_sample,
+                                    None if cfg.dynamic_sampling else ref_params)]
     groups = len(pooled[0]['scores']) // cfg.samples_per_prompt
     if cfg.dynamic_sampling:
       if more_prompts is None:
@@ -119,10 +126,9 @@ class RLLoop:
       rows = dynamic_sampling.rows_of(dynamic_sampling.choose_groups(flags, groups),
                                       cfg.samples_per_prompt)
       batch = dynamic_sampling.take_rows(batch, rows)
-    tokens, valid, out = batch['prompt'], batch['prompt_valid'], batch['samples']
-    if ref_params is None:  # LoRA: the reference is the policy with its adapters off
-      ref_params = lora.disabled(policy)
-    ref = self.reference_scores(ref_params, tokens, valid, out.tokens, out.mask).log_probs
+    tokens, valid, out, ref = batch['prompt'], batch['prompt_valid'], batch['samples'], batch['ref']
+    if ref is None:  # the chosen rows of the rounds
+      ref = self.reference_scores(ref_params, tokens, valid, out.tokens, out.mask).log_probs
     rollout = Rollout(tokens, valid, out.tokens, out.mask, out.log_probs, ref, None,
                       np.asarray(batch['scores'], np.float32))
     rollout = jax.block_until_ready(rollout)
