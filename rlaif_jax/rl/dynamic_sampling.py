@@ -17,8 +17,6 @@ Host-side NumPy on the rollout's per-row arrays; shapes stay fixed (the update c
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 
@@ -47,30 +45,3 @@ def choose_groups(flags: np.ndarray, groups: int) -> np.ndarray:
 def rows_of(group_indices: np.ndarray, group: int) -> np.ndarray:
   """The row indices of the chosen groups (each group's rows adjacent, as sampled)."""
   return (np.asarray(group_indices)[:, None] * group + np.arange(group)).reshape(-1)
-
-
-def take_rows(tree: Any, rows: np.ndarray) -> Any:
-  """Rows of every [B, ...] array (and list) of a pooled rollout; None stays None."""
-  if tree is None:
-    return None
-  if isinstance(tree, dict):
-    return {k: take_rows(v, rows) for k, v in tree.items()}
-  if isinstance(tree, list):
-    return [tree[i] for i in rows]
-  if isinstance(tree, tuple) and hasattr(tree, '_fields'):
-    return type(tree)(*(take_rows(v, rows) for v in tree))
-  return np.asarray(tree)[rows]
-
-
-def pool(rounds: list[Any]) -> Any:
-  """The rounds' per-row trees concatenated along rows (lists joined, None kept)."""
-  first = rounds[0]
-  if first is None:
-    return None
-  if isinstance(first, dict):
-    return {k: pool([r[k] for r in rounds]) for k in first}
-  if isinstance(first, list):
-    return [x for r in rounds for x in r]
-  if isinstance(first, tuple) and hasattr(first, '_fields'):
-    return type(first)(*(pool([r[i] for r in rounds]) for i in range(len(first))))
-  return np.concatenate([np.asarray(r) for r in rounds])

@@ -121,11 +121,12 @@ class RLLoop:
     summed = {k: sum(b.pop(k) for b in pooled) for k in ('sample_seconds', 'steps')}  # rounds'
     batch = pooled[0]
     if cfg.dynamic_sampling:
-      batch = dynamic_sampling.pool(pooled)
+      # the rounds' host arrays joined along rows (the same tree each round), then the chosen rows
+      batch = jax.tree.map(lambda *xs: np.concatenate(xs), *pooled)
       flags = dynamic_sampling.informative(batch['scores'], cfg.samples_per_prompt)
       rows = dynamic_sampling.rows_of(dynamic_sampling.choose_groups(flags, groups),
                                       cfg.samples_per_prompt)
-      batch = dynamic_sampling.take_rows(batch, rows)
+      batch = jax.tree.map(lambda x: x[rows], batch)
     tokens, valid, out, ref = batch['prompt'], batch['prompt_valid'], batch['samples'], batch['ref']
     if ref is None:  # the chosen rows of the rounds
       ref = self.reference_scores(ref_params, tokens, valid, out.tokens, out.mask).log_probs
